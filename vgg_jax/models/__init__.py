@@ -1,0 +1,75 @@
+"""The paper's nets (Table 1), the §4.1 shallow control and AlexNet.
+
+    from flax import nnx
+    from vgg_jax.models import create_model
+    model = create_model("D", num_classes=1000, rngs=nnx.Rngs(0))
+    logits = model(images)               # (N, 1000) on 224x224 inputs
+    scores = model.score_map(images)     # (N, h, w, 1000) on any size >= 224
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+
+import jax.numpy as jnp
+from flax import nnx
+
+from vgg_jax.models.init import INIT_SCHEMES, init_from_a
+from vgg_jax.models.lrn import local_response_norm
+from vgg_jax.models.table import (MODEL_NAMES, PAPER_NETS, NetSpec,
+                                  canonical_name, count_macs, count_params,
+                                  net_spec, output_size)
+from vgg_jax.models.vgg import VGG
+
+__all__ = [
+    "VGG", "create_model", "abstract_model", "MODEL_NAMES", "PAPER_NETS",
+    "INIT_SCHEMES", "NetSpec", "net_spec", "canonical_name", "count_params",
+    "count_macs", "output_size", "init_from_a", "local_response_norm",
+    "param_count",
+]
+
+
+def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
+                 width_mult: float = 1.0, fc_width: int = 4096,
+                 head_window: int | None = None, init: str | None = None,
+                 in_channels: int = 3, dtype: Any = None,
+                 param_dtype: Any = jnp.float32,
+                 dropout_rate: float = 0.5) -> VGG:
+  """Build a net by name ('A' ... 'E', 'A-LRN', 'B-shallow', '*-BN', 'alexnet').
+
+  Args:
+    name: a name of ``MODEL_NAMES`` or an alias ('vgg16' is 'D').
+    num_classes: outputs of FC3.
+    rngs: ``nnx.Rngs`` for the initial weights.
+    width_mult: scales every conv width (64 -> 64 * width_mult ...), for
+      small experiments; 1.0 is the paper.
+    fc_width: width of FC1 and FC2 (4096 in the paper).
+    head_window: side of the feature map FC1 covers: 7 for 224 crops (6 for
+      AlexNet); for 32x32 inputs use 1.
+    init: 'paper' (N(0, 0.01)), 'glorot', 'he' or 'alexnet'; defaults to
+      'alexnet' for AlexNet and 'paper' otherwise.
+    dtype: compute dtype (e.g. jnp.bfloat16); parameters stay param_dtype.
+  """
+  spec = net_spec(name, width_mult=width_mult, fc_width=fc_width,
+                  head_window=head_window)
+  if init is None:
+    init = "alexnet" if spec.name == "alexnet" else "paper"
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  return VGG(spec, num_classes=num_classes, in_channels=in_channels, init=init,
+             dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
+             rngs=rngs)
+
+
+def abstract_model(name: str, **kwargs) -> VGG:
+  """The model with ShapeDtypeStructs instead of arrays: nothing allocated."""
+  return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
+
+
+def param_count(model: VGG) -> int:
+  """Number of trainable parameters of a (possibly abstract) model."""
+  return sum(math.prod(p.shape)
+             for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
