@@ -1,0 +1,687 @@
+"""grain input pipelines: the paper's section 3.1 (training) and 3.2 (test).
+
+Sources (``data_cfg.source``):
+- ``"fashion_mnist"``: the embedded default.  Debian's IDX files
+  (``apt-get install dataset-fashion-mnist`` -> /usr/share/datasets/
+  fashion-mnist) or, failing that, a prepared TFDS ``fashion_mnist``.  Held in
+  memory; transforms run vectorised over whole batches (no per-image calls).
+- ``"tfds"``: any TFDS image-classification dataset (``data_cfg.name``, e.g.
+  ``imagenet2012``) prepared as ArrayRecord (``python -m vgg_jax.data prepare
+  NAME``), read with ``tfds.data_source`` (no TensorFlow needed to read).
+- ``"folder"``: ``data_dir/<split>/<class>/<image>`` (ImageNet's own train/
+  layout).  Class indices come from a JSON file written once
+  (``data_cfg.class_index_path`` or ``data_dir/class_index.json``), so labels
+  never change between runs.
+
+Training iterator (``create_train_iterator``): yields
+``{"image": float32 (local_batch, crop, crop, C), "label": int32 (local_batch,)}``
+forever.  Each process reads a disjoint shard (``jax.process_index()`` of
+``jax.process_count()``, overridable); each epoch is reshuffled; every random
+draw is seeded from (seed, position in the stream), so the same seed and step
+give the same batch on every run and for any number of grain workers.
+``get_state()``/``set_state()`` (JSON-serialisable dicts) make a resumed run see
+exactly the batches an uninterrupted one would; the iterator is a
+``grain.DatasetIterator`` so orbax's ``grain.checkpoint.CheckpointSave`` works
+too.  Undecodable training images (truncated, zero bytes, not an image) are
+skipped, logged and counted: ``iterator.skipped``.
+
+Evaluation iterator (``create_eval_iterator``), batched (default):
+``{"image": float32 (local_batch, ...), "label": int32, "mask": int32,
+"index": int64, "decode_error": int32}`` where
+
+- ``mask`` is 1 for a real, decoded example and 0 for padding or a decode
+  failure; ``index`` is the example's position in the split (-1 for padding);
+- ``decode_error`` is 1 for an example whose image could not be decoded: its
+  image is all zeros and its mask 0; count it as an error (it is never
+  silently dropped).  ``iterator.failed`` lists
+  ``{"index", "name", "reason"}`` for every failure seen so far;
+- the split is padded to whole *global* batches: every process yields
+  ceil(N / global_batch) batches, and global batch k holds split positions
+  [k*B, (k+1)*B), process p the slice [k*B + p*b, k*B + (p+1)*b), so each
+  example is seen exactly once over all processes.
+- image shape by protocol: ``"centre"``: (b, crop, crop, C); ``"multicrop"``:
+  (b, 2*grid*grid, crop, crop, C), the 5x5 grid of ``preprocess.grid_crops``
+  followed by the same crops flipped; ``"dense"`` (batched): only if every
+  rescaled image has the same size (e.g. Fashion-MNIST), else use
+  ``batch=False``.
+
+With ``batch=False`` (for dense evaluation of variable-size images) the
+iterator yields single examples ``{"image": uint8 (H, W, 3) rescaled to Q,
+not normalised, "label": int, "index": int, "name": str, "mask": 0/1,
+"decode_error": "" or the reason}`` over the same padded per-process
+positions (padding: mask 0, index -1, a 1x1 zero image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import logging
+import os
+import pathlib
+import struct
+from typing import Any, Iterator, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from vgg_jax import conventions
+from vgg_jax import preprocess
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+    "Sneaker", "Bag", "Ankle boot")
+# Fashion-MNIST training-set pixel mean and std (0-255), from the 60,000
+# training images (tests/test_input_pipeline.py recomputes them).
+FASHION_MNIST_MEAN = 72.940
+FASHION_MNIST_STD = 90.021
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
+                    ".tiff", ".ppm", ".pgm")
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+
+
+def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigDict:
+  """Every data field, with the paper's defaults for ImageNet-like sources.
+
+  ``source="fashion_mnist"`` (default) gives small-image settings (28x28 grey
+  rescaled to 32); ``"tfds"``/``"folder"`` give the paper's 224 crops.
+  """
+  c = ml_collections.ConfigDict()
+  # Where the data comes from: "fashion_mnist", "tfds" or "folder".
+  c.source = source
+  # TFDS dataset name (source="tfds"), e.g. "imagenet2012".
+  c.name = {"fashion_mnist": "fashion_mnist", "tfds": "imagenet2012"}.get(
+      source, "")
+  # TFDS data_dir; the folder root (source="folder"); the IDX directory
+  # (source="fashion_mnist"; None means /usr/share/datasets/fashion-mnist).
+  c.data_dir = None
+  c.train_split = "train"
+  c.eval_split = "validation" if source in ("tfds", "folder") else "test"
+  # source="folder": JSON {class_name: index}; None -> data_dir/class_index.json
+  c.class_index_path = None
+  if source == "fashion_mnist":
+    c.crop_size = 32  # network input side
+    c.train_scale = 32  # S: 28x28 is rescaled to 32x32
+    c.eval_scale = 32  # Q
+    c.train_pad = 4  # zero border added before the random crop (translation)
+    c.pca_std = 0.0  # colour shift needs colour
+    c.mean_rgb = (FASHION_MNIST_MEAN,)
+    c.std_rgb = (FASHION_MNIST_STD,)
+    # 1: keep grey (model in_channels=1); 3: replicate to RGB.
+    c.image_channels = 1
+  else:
+    c.crop_size = 224  # section 3.1: 224x224 crops
+    # S: an int (single-scale: 256 or 384) or [S_min, S_max] (jittering,
+    # S drawn uniformly per image; the paper uses [256, 512]).
+    c.train_scale = 256
+    c.eval_scale = 256  # Q (section 3.2); Q = S for fixed-S models
+    c.train_pad = 0  # the paper pads nothing
+    c.pca_std = 0.1  # alpha ~ N(0, 0.1) (Krizhevsky et al. 2012)
+    c.mean_rgb = conventions.IMAGENET_MEAN_RGB_255
+    c.std_rgb = (1.0, 1.0, 1.0)
+    c.image_channels = 3
+  c.flip = True  # random horizontal flip (section 3.1)
+  # RGB covariance eigenvalues (0-1 scale) and eigenvectors (columns); see
+  # `python -m vgg_jax.data stats` to compute them on your own data.
+  c.pca_eigval = conventions.IMAGENET_PCA_EIGVAL
+  c.pca_eigvec = conventions.IMAGENET_PCA_EIGVEC
+  # Multi-crop grid (section 3.2: 5x5 crops, each with its flip).
+  c.multicrop_grid = 5
+  # grain: worker processes (0 = in the main process) and reader threads.
+  c.num_workers = 0
+  c.num_threads = 4
+  c.prefetch_buffer_size = 2  # per worker, in batches
+  c.shuffle = True
+  return c
+
+
+def input_convention(data_cfg) -> conventions.InputConvention:
+  """The paper's convention for this data: RGB 0-255 minus ``mean_rgb``.
+
+  (For imported weights use the weights' own convention instead.)
+  """
+  return conventions.InputConvention("RGB", 1.0, tuple(data_cfg.mean_rgb),
+                                     tuple(data_cfg.std_rgb))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+  class_names: list[str] | None
+  image_channels: int
+
+
+def _train_scale_range(data_cfg) -> tuple[int, int]:
+  s = data_cfg.train_scale
+  if isinstance(s, (int, np.integer)):
+    lo = hi = int(s)
+  else:
+    s = tuple(s)
+    if len(s) != 2 or s[0] > s[1]:
+      raise ValueError(
+          f"train_scale must be an int S or [S_min, S_max], got {s}")
+    lo, hi = int(s[0]), int(s[1])
+  if lo + 2 * data_cfg.train_pad < data_cfg.crop_size:
+    raise ValueError(
+        f"train_scale {s} (+ 2*train_pad) is smaller than crop_size "
+        f"{data_cfg.crop_size}: the paper's S must be >= the crop")
+  return lo, hi
+
+
+def _resolve_processes(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f"process_index {process_index} not in [0, {process_count})")
+  return int(process_index), int(process_count)
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(
+        f"global_batch_size {global_batch_size} must be a positive multiple "
+        f"of the number of processes ({process_count})")
+  return global_batch_size // process_count
+
+
+# ----------------------------------------------------------------------------
+# Fashion-MNIST: in memory, vectorised
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+  with gzip.open(path, "rb") as f:
+    data = f.read()
+  zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+  if zero != 0 or dtype_code != 0x08:
+    raise ValueError(f"{path} is not a uint8 IDX file")
+  shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+  arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if arr.size != int(np.prod(shape)):
+    raise ValueError(f"{path}: expected {shape} values, found {arr.size} "
+                     "(truncated file? reinstall dataset-fashion-mnist)")
+  return arr.reshape(shape)
+
+
+_FMNIST_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _fashion_mnist_split(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 (N, 28, 28), labels int32 (N,)) of "train" or "test"."""
+  if split not in ("train", "test"):
+    raise ValueError(
+        f"Fashion-MNIST has splits 'train' (60,000) and 'test' (10,000), "
+        f"not {split!r}")
+  root = pathlib.Path(data_cfg.data_dir or FASHION_MNIST_DIR)
+  key = (str(root), split)
+  if key in _FMNIST_CACHE:
+    return _FMNIST_CACHE[key]
+  prefix = "train" if split == "train" else "t10k"
+  img_path = root / f"{prefix}-images-idx3-ubyte.gz"
+  lbl_path = root / f"{prefix}-labels-idx1-ubyte.gz"
+  if img_path.exists() and lbl_path.exists():
+    images, labels = _read_idx(img_path), _read_idx(lbl_path).astype(np.int32)
+  else:
+    images, labels = _fashion_mnist_from_tfds(data_cfg, split, root)
+  if len(images) != len(labels):
+    raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but "
+                     f"{len(labels)} labels")
+  _FMNIST_CACHE[key] = (images, labels)
+  return images, labels
+
+
+def _fashion_mnist_from_tfds(data_cfg, split, root):
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds_dir = data_cfg.data_dir if data_cfg.data_dir else None
+    source = tfds.data_source("fashion_mnist", split=split, data_dir=tfds_dir,
+                              download=False)
+    n = len(source)
+    images = np.empty((n, 28, 28), np.uint8)
+    labels = np.empty((n,), np.int32)
+    for i in range(n):
+      ex = source[i]
+      images[i] = np.asarray(ex["image"]).reshape(28, 28)
+      labels[i] = ex["label"]
+    return images, labels
+  except Exception as e:  # pylint: disable=broad-except
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found: no IDX files in {root} "
+        "(train-images-idx3-ubyte.gz etc.) and no prepared TFDS "
+        f"'fashion_mnist' ({type(e).__name__}: {e}).  Install Debian's copy "
+        "with `apt-get install dataset-fashion-mnist` (as root; it lands in "
+        f"{FASHION_MNIST_DIR}), or where the internet is reachable run "
+        "`python -m vgg_jax.data prepare fashion_mnist --data_dir DIR`.") from e
+
+
+def _resize_batch(images: np.ndarray, side: int) -> np.ndarray:
+  """(N, h, w) uint8 -> (N, side, side'), shorter side = side, vectorised."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  n, h, w = images.shape
+  new_h, new_w = preprocess.rescaled_size(h, w, side)
+  if (new_h, new_w) == (h, w):
+    return images
+  interp = cv2.INTER_AREA if new_h < h else cv2.INTER_LINEAR
+  out = np.empty((n, new_h, new_w), np.uint8)
+  chunk = 128  # OpenCV 5 resizes at most a few hundred channels at once
+  for start in range(0, n, chunk):
+    block = np.ascontiguousarray(images[start:start + chunk].transpose(1, 2, 0))
+    res = cv2.resize(block, (new_w, new_h), interpolation=interp)
+    out[start:start + chunk] = res.reshape(new_h, new_w, -1).transpose(2, 0, 1)
+  return out
+
+
+_RESIZED_CACHE: dict[Any, np.ndarray] = {}
+
+
+def _fashion_mnist_resized(data_cfg, split: str, side: int):
+  images, labels = _fashion_mnist_split(data_cfg, split)
+  key = (str(data_cfg.data_dir or FASHION_MNIST_DIR), split, side)
+  if key not in _RESIZED_CACHE:
+    _RESIZED_CACHE[key] = _resize_batch(images, side)
+  return _RESIZED_CACHE[key], labels
+
+
+def batch_random_crop_flip(images: np.ndarray, crop: int, pad: int, flip: bool,
+                           rng: np.random.Generator) -> np.ndarray:
+  """Vectorised random crop (after zero-padding by ``pad``) and flip.
+
+  ``images``: (B, H, W) or (B, H, W, C).  Same distribution as calling
+  ``preprocess.random_crop``/``horizontal_flip`` per image.
+  """
+  if pad:
+    widths = [(0, 0), (pad, pad), (pad, pad)] + [(0, 0)] * (images.ndim - 3)
+    images = np.pad(images, widths)
+  b, h, w = images.shape[:3]
+  tops = rng.integers(0, h - crop + 1, size=b)
+  lefts = rng.integers(0, w - crop + 1, size=b)
+  cols = lefts[:, None] + np.arange(crop)[None, :]  # (B, crop)
+  if flip:
+    flips = rng.random(b) < 0.5
+    cols = np.where(flips[:, None], cols[:, ::-1], cols)
+  rows = tops[:, None] + np.arange(crop)[None, :]
+  return images[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _grey_to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+  images = images[..., None]
+  if channels == 3:
+    images = np.repeat(images, 3, axis=-1)
+  elif channels != 1:
+    raise ValueError(f"image_channels must be 1 or 3, got {channels}")
+  return images
+
+
+def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
+                         process_index, process_count):
+  lo, hi = _train_scale_range(data_cfg)
+  if lo != hi:
+    raise ValueError("scale jittering is not supported for Fashion-MNIST "
+                     "(in-memory pre-rescaled images); use an int train_scale")
+  images, labels = _fashion_mnist_resized(data_cfg, data_cfg.train_split, lo)
+  crop, pad, flip = data_cfg.crop_size, data_cfg.train_pad, data_cfg.flip
+  channels = data_cfg.image_channels
+
+  def augment(idx: np.ndarray, rng: np.random.Generator):
+    x = batch_random_crop_flip(images[idx], crop, pad, flip, rng)
+    x = _grey_to_channels(x, channels)
+    return {"image": convention.normalise(x), "label": labels[idx],
+            "num_skipped": np.zeros(len(idx), np.int32)}
+
+  ds = grain.MapDataset.range(len(labels))[process_index::process_count]
+  if data_cfg.shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat()
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=np.asarray)
+  ds = ds.random_map(augment, seed=_derived_seed(seed, 1))
+  return ds.to_iter_dataset(_read_options(data_cfg))
+
+
+def _fashion_mnist_eval_positions(data_cfg, split, scale):
+  images, labels = _fashion_mnist_resized(data_cfg, split, scale)
+  return images, labels
+
+
+# ----------------------------------------------------------------------------
+# Shared helpers
+
+
+def _derived_seed(seed: int, stream: int) -> int:
+  return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
+
+
+def _read_options(data_cfg) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=int(data_cfg.num_threads),
+                           prefetch_buffer_size=max(
+                               int(data_cfg.num_threads) * 2, 8))
+
+
+def _maybe_mp(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
+  if data_cfg.num_workers and data_cfg.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(data_cfg.num_workers),
+        per_worker_buffer_size=int(data_cfg.prefetch_buffer_size)))
+  return ds
+
+
+class TrainIterator(grain.DatasetIterator):
+  """The training batch iterator: a grain ``DatasetIterator`` that also
+
+  counts the training images skipped because they could not be decoded
+  (``skipped``, also part of the state so a resumed run keeps counting).
+  """
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self.skipped = 0
+
+  def __next__(self):
+    batch = next(self._parent)
+    skipped = int(np.sum(batch.pop("num_skipped")))
+    if skipped:
+      self.skipped += skipped
+      log.warning("skipped %d undecodable training images (%d so far)",
+                  skipped, self.skipped)
+    return batch
+
+  def get_state(self):
+    return {"grain": self._parent.get_state(), "skipped": self.skipped}
+
+  def set_state(self, state):
+    self._parent.set_state(state["grain"])
+    self.skipped = int(state["skipped"])
+
+  def close(self):
+    close = getattr(self._parent, "close", None)
+    if close is not None:
+      close()
+
+
+def create_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
+                          input_convention: conventions.InputConvention,
+                          process_index: int | None = None,
+                          process_count: int | None = None) -> TrainIterator:
+  """Infinite iterator of training batches for this process (see module doc)."""
+  process_index, process_count = _resolve_processes(process_index, process_count)
+  local_batch = _local_batch(global_batch_size, process_count)
+  kw = dict(local_batch=local_batch, seed=int(seed),
+            convention=input_convention, process_index=process_index,
+            process_count=process_count)
+  if data_cfg.source == "fashion_mnist":
+    ds = _fashion_mnist_train(data_cfg, **kw)
+  elif data_cfg.source in ("tfds", "folder"):
+    ds = _image_train(data_cfg, **kw)
+  else:
+    raise ValueError(f"unknown data source {data_cfg.source!r}; expected "
+                     "'fashion_mnist', 'tfds' or 'folder'")
+  ds = _maybe_mp(ds, data_cfg)
+  return TrainIterator(iter(ds))
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+
+
+def eval_num_batches(num_examples: int, global_batch_size: int) -> int:
+  """Batches every process yields for a split of ``num_examples``."""
+  return max(1, -(-num_examples // global_batch_size))
+
+
+def _eval_global_position(local_pos: np.ndarray, local_batch: int,
+                          process_index: int, process_count: int):
+  k, r = np.divmod(local_pos, local_batch)
+  return k * local_batch * process_count + process_index * local_batch + r
+
+
+class EvalIterator(grain.DatasetIterator):
+  """Evaluation batches (see module doc); ``failed`` lists decode failures."""
+
+  def __init__(self, parent, *, num_batches: int, num_examples: int,
+               batched: bool):
+    super().__init__(parent)
+    self.num_batches = num_batches
+    self.num_examples = num_examples
+    self.batched = batched
+    self.failed: list[dict[str, Any]] = []
+
+  def __next__(self):
+    item = next(self._parent)
+    if self.batched:
+      names = item.pop("name")
+      reasons = item.pop("reason")
+      for j in np.nonzero(item["decode_error"])[0]:
+        self._record(int(item["index"][j]), str(names[j]), str(reasons[j]))
+    elif item["decode_error"]:
+      self._record(int(item["index"]), item["name"], item["decode_error"])
+    return item
+
+  def _record(self, index, name, reason):
+    self.failed.append({"index": index, "name": name, "reason": reason})
+    log.error("evaluation image %d (%s) could not be decoded: %s", index, name,
+              reason)
+
+  def get_state(self):
+    return {"grain": self._parent.get_state(), "failed": list(self.failed)}
+
+  def set_state(self, state):
+    self._parent.set_state(state["grain"])
+    self.failed = list(state["failed"])
+
+  def __len__(self):
+    return self.num_batches
+
+  def close(self):
+    close = getattr(self._parent, "close", None)
+    if close is not None:
+      close()
+
+
+def _eval_protocol_check(protocol):
+  if protocol not in ("centre", "center", "dense", "multicrop"):
+    raise ValueError(f"unknown evaluation protocol {protocol!r}; expected "
+                     "'centre', 'dense' or 'multicrop'")
+  return "centre" if protocol == "center" else protocol
+
+
+class _EvalIterable:
+  """Re-iterable: each ``iter()`` starts a fresh pass over the split."""
+
+  def __init__(self, make_iter, num_batches, num_examples):
+    self._make_iter = make_iter
+    self.num_batches = num_batches
+    self.num_examples = num_examples
+
+  def __iter__(self) -> EvalIterator:
+    return self._make_iter()
+
+  def __len__(self):
+    return self.num_batches
+
+
+def create_eval_iterator(data_cfg, *, split: str | None = None,
+                         global_batch_size: int,
+                         input_convention: conventions.InputConvention,
+                         protocol: str = "centre", scale: int | None = None,
+                         process_index: int | None = None,
+                         process_count: int | None = None,
+                         batch: bool = True) -> _EvalIterable:
+  """One pass over an evaluation split, padded and masked (see module doc).
+
+  Returns a re-iterable object (``len()`` = batches per process); each
+  ``iter()`` gives an ``EvalIterator`` with ``failed`` and ``get_state``.
+  """
+  protocol = _eval_protocol_check(protocol)
+  process_index, process_count = _resolve_processes(process_index, process_count)
+  local_batch = _local_batch(global_batch_size, process_count)
+  split = split or data_cfg.eval_split
+  scale = int(scale or data_cfg.eval_scale)
+  if data_cfg.source == "fashion_mnist":
+    source = _FashionMnistEvalSource(data_cfg, split, scale)
+  elif data_cfg.source in ("tfds", "folder"):
+    source = _image_source(data_cfg, split)
+  else:
+    raise ValueError(f"unknown data source {data_cfg.source!r}; expected "
+                     "'fashion_mnist', 'tfds' or 'folder'")
+  n = len(source)
+  num_batches = eval_num_batches(n, global_batch_size)
+  example_fn = _EvalExample(data_cfg, source, scale=scale, protocol=protocol,
+                            convention=input_convention, batched=batch,
+                            local_batch=local_batch,
+                            process_index=process_index,
+                            process_count=process_count)
+
+  def make_iter():
+    ds = grain.MapDataset.range(num_batches * local_batch).map(example_fn)
+    if batch:
+      ds = ds.batch(local_batch, batch_fn=_stack_eval)
+      ds = ds.map(example_fn.finalise)
+    ds = ds.to_iter_dataset(_read_options(data_cfg))
+    ds = _maybe_mp(ds, data_cfg)
+    return EvalIterator(iter(ds), num_batches=num_batches, num_examples=n,
+                        batched=batch)
+
+  return _EvalIterable(make_iter, num_batches, n)
+
+
+def _stack_eval(items: Sequence[dict]) -> dict:
+  out = {}
+  for k in items[0]:
+    vals = [it[k] for it in items]
+    if k in ("name", "reason"):
+      out[k] = np.asarray(vals, dtype=object)
+    else:
+      out[k] = np.stack(vals)
+  return out
+
+
+class _FashionMnistEvalSource:
+  """Fashion-MNIST split as (uint8 (Q, Q) grey image, label, name) records."""
+
+  prescaled = True  # already rescaled to Q in memory
+
+  def __init__(self, data_cfg, split, scale):
+    self.images, self.labels = _fashion_mnist_eval_positions(
+        data_cfg, split, scale)
+    self.split = split
+    self.channels = data_cfg.image_channels
+
+  def __len__(self):
+    return len(self.labels)
+
+  def get(self, i, min_side=None):
+    del min_side
+    return (_grey_to_channels(self.images[i][None], self.channels)[0],
+            int(self.labels[i]), f"fashion_mnist/{self.split}/{i}")
+
+  def label_and_name(self, i):
+    return int(self.labels[i]), f"fashion_mnist/{self.split}/{i}"
+
+
+class _EvalExample:
+  """position in this process's padded stream -> one example dict."""
+
+  def __init__(self, data_cfg, source, *, scale, protocol, convention,
+               batched, local_batch, process_index, process_count):
+    self.source = source
+    self.scale = scale
+    self.protocol = protocol
+    self.convention = convention
+    self.batched = batched
+    self.crop = int(data_cfg.crop_size)
+    self.grid = int(data_cfg.multicrop_grid)
+    self.local_batch = local_batch
+    self.process_index = process_index
+    self.process_count = process_count
+    self.channels = int(data_cfg.image_channels)
+    self._shape = None
+
+  def _out_shape(self):
+    c = self.channels
+    if self.protocol == "centre":
+      return (self.crop, self.crop, c)
+    if self.protocol == "multicrop":
+      return (2 * self.grid * self.grid, self.crop, self.crop, c)
+    if self._shape is None:  # batched dense: needs one common size
+      img = self._view(self.source.get(0)[0]) if self.source.prescaled else None
+      self._shape = img.shape if img is not None else (self.scale, self.scale, c)
+    return self._shape
+
+  def _view(self, img):
+    """A rescaled uint8 image -> the protocol's uint8 view."""
+    if self.protocol == "centre":
+      return preprocess.center_crop(img, self.crop)
+    if self.protocol == "multicrop":
+      crops = preprocess.grid_crops(img, self.crop, self.grid)
+      return np.concatenate([crops, preprocess.horizontal_flip(crops)])
+    return img
+
+  def __call__(self, local_pos: int) -> dict:
+    g = int(_eval_global_position(np.int64(local_pos), self.local_batch,
+                                  self.process_index, self.process_count))
+    if g >= len(self.source):  # padding
+      shape = self._out_shape() if self.batched else (1, 1, self.channels)
+      return self._example(np.zeros(shape, np.uint8), -1, -1, "", 0, "")
+    try:
+      img, label, name = self.source.get(g, min_side=self.scale)
+      if not self.source.prescaled:
+        img = preprocess.rescale_shorter_side(img, self.scale)
+      view = self._view(img) if self.batched else img
+      if self.batched and self.protocol == "dense" and view.shape != self._out_shape():
+        raise ValueError(
+            f"batched dense evaluation needs images of one size; {name} is "
+            f"{view.shape}, expected {self._out_shape()}: use batch=False")
+      return self._example(view, label, g, name, 1, "")
+    except preprocess.DecodeError as e:
+      label, name = self.source.label_and_name(g)
+      shape = self._out_shape() if self.batched else (1, 1, self.channels)
+      return self._example(np.zeros(shape, np.uint8), label, g, name, 0, str(e))
+
+  def _example(self, img, label, index, name, mask, error):
+    if self.batched:
+      return {"image": img, "label": np.int32(label), "mask": np.int32(mask),
+              "index": np.int64(index), "decode_error": np.int32(bool(error)),
+              "name": name, "reason": error}
+    return {"image": img, "label": int(label), "mask": int(mask),
+            "index": int(index), "name": name, "decode_error": error}
+
+  def finalise(self, batch: dict) -> dict:
+    batch["image"] = self.convention.normalise(batch["image"])
+    return batch
+
+
+# ----------------------------------------------------------------------------
+# Image sources (TFDS ArrayRecord, folders): filled in below.
+
+
+def _image_source(data_cfg, split):
+  raise NotImplementedError("source 'tfds'/'folder' not written yet")
+
+
+def _image_train(data_cfg, **kw):
+  raise NotImplementedError("source 'tfds'/'folder' not written yet")
+
+
+def dataset_info(data_cfg) -> DatasetInfo:
+  """Class count, split sizes, class names and channels of ``data_cfg``."""
+  if data_cfg.source == "fashion_mnist":
+    n_train = len(_fashion_mnist_split(data_cfg, data_cfg.train_split)[1])
+    n_eval = len(_fashion_mnist_split(data_cfg, data_cfg.eval_split)[1])
+    return DatasetInfo(10, n_train, n_eval, list(FASHION_MNIST_CLASSES),
+                       int(data_cfg.image_channels))
+  train = _image_source(data_cfg, data_cfg.train_split)
+  ev = _image_source(data_cfg, data_cfg.eval_split)
+  return DatasetInfo(train.num_classes, len(train), len(ev), train.class_names,
+                     3)

@@ -1,0 +1,195 @@
+"""Per-example image transforms of the paper's sections 3.1 and 3.2.
+
+numpy / OpenCV only (no JAX), so they run in grain worker processes.  Every
+function takes and returns channels-last arrays; images are uint8 RGB unless
+stated otherwise.
+
+Training (section 3.1): ``rescale_shorter_side`` to S (fixed or drawn per
+image from [S_min, S_max]), ``random_crop`` 224, ``horizontal_flip`` with
+probability 1/2, ``pca_color_shift`` (Krizhevsky's "PCA lighting"), then the
+model's ``InputConvention.normalise`` (mean RGB subtraction etc.).
+
+Evaluation (section 3.2): ``rescale_shorter_side`` to Q, then the whole image
+(dense), ``center_crop`` or ``grid_crops`` (the 5x5 multi-crop grid).
+
+Choices (see docs/data.md):
+- Resizing: OpenCV ``INTER_AREA`` when shrinking (an anti-aliased box filter:
+  what a photo downscale should be) and ``INTER_LINEAR`` when enlarging
+  (bilinear; the paper does not say; enlarging only happens to images whose
+  shorter side is below S or Q).
+- JPEG decoding with simplejpeg (libjpeg-turbo); when the caller says how
+  small the image may get (``min_side``), libjpeg-turbo decodes directly at a
+  1/2, 1/4 or 1/8 scale in the DCT domain, keeping both sides >= min_side,
+  which is several times faster for photos much larger than S.
+- PCA colour shift in RGB 0-255 space, before mean subtraction: see
+  ``pca_color_shift``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+# OpenCV's own thread pool would fight grain's worker processes for cores.
+cv2.setNumThreads(1)
+
+
+class DecodeError(ValueError):
+  """An image's bytes could not be turned into an RGB array (reason in text)."""
+
+
+_JPEG_MAGIC = b"\xff\xd8"
+
+
+def _decode_with_pillow(data: bytes) -> np.ndarray:
+  with Image.open(io.BytesIO(data)) as im:
+    im.load()  # Raises on truncated data (LOAD_TRUNCATED_IMAGES stays False).
+    if im.mode != "RGB":
+      # CMYK (Adobe-inverted CMYK JPEGs included), L, LA, P, RGBA, I;16 ...
+      if im.mode in ("I;16", "I;16B", "I", "F"):
+        im = im.point(lambda v: v / 256).convert("L")
+      im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
+  """Encoded image bytes -> uint8 (H, W, 3) RGB.
+
+  JPEGs go through simplejpeg.  With ``min_side`` the decoder may shrink the
+  image in the DCT domain (by 1/2, 1/4 or 1/8) as long as both sides stay
+  >= ``min_side``, so a later ``rescale_shorter_side(img, S)`` with
+  S <= min_side sees enough pixels.  CMYK JPEGs (which libjpeg-turbo cannot
+  convert to RGB), PNGs or other formats (including a PNG named .JPEG) go
+  through Pillow.  Grayscale becomes 3 equal channels.
+
+  Raises:
+    DecodeError: empty, truncated or otherwise undecodable data.
+  """
+  if data is None or len(data) == 0:
+    raise DecodeError("empty file (0 bytes)")
+  data = bytes(data) if not isinstance(data, bytes) else data
+  jpeg_error = None
+  if data[:2] == _JPEG_MAGIC:
+    try:
+      kwargs = {}
+      if min_side:
+        kwargs = dict(min_height=int(min_side), min_width=int(min_side))
+      _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+      if colorspace not in ("CMYK", "YCCK"):
+        img = simplejpeg.decode_jpeg(data, colorspace="RGB", **kwargs)
+        return img
+    except ValueError as e:  # simplejpeg's error for corrupt/truncated data.
+      jpeg_error = e
+  try:
+    img = _decode_with_pillow(data)
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ...
+    reason = jpeg_error or e
+    raise DecodeError(f"cannot decode image ({len(data)} bytes): {reason}") from e
+  # If simplejpeg's strict mode objected (e.g. "extraneous bytes before
+  # marker", a warning on some ImageNet files) but Pillow loaded every byte,
+  # the image is complete: keep it.  Truncated data fails in both.
+  if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) == 0:
+    raise DecodeError(f"decoded to an unexpected shape {img.shape}")
+  return img
+
+
+def rescaled_size(height: int, width: int, side: int) -> tuple[int, int]:
+  """(new_h, new_w): the shorter side becomes ``side``, aspect kept."""
+  if height <= width:
+    return side, max(1, int(round(width * side / height)))
+  return max(1, int(round(height * side / width))), side
+
+
+def rescale_shorter_side(img: np.ndarray, side: int) -> np.ndarray:
+  """Isotropic rescale so that min(H, W) == side (paper's S and Q)."""
+  h, w = img.shape[:2]
+  new_h, new_w = rescaled_size(h, w, int(side))
+  if (new_h, new_w) == (h, w):
+    return img
+  interp = cv2.INTER_AREA if new_h < h else cv2.INTER_LINEAR
+  out = cv2.resize(img, (new_w, new_h), interpolation=interp)
+  if out.ndim == 2:  # cv2 drops a singleton channel axis.
+    out = out[..., None]
+  return out
+
+
+def _check_crop(img: np.ndarray, size: int):
+  h, w = img.shape[:2]
+  if h < size or w < size:
+    raise ValueError(
+        f"cannot take a {size}x{size} crop from a {h}x{w} image; rescale it "
+        f"so that its shorter side is >= {size} first")
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+  """The central size x size crop (offsets rounded down, like torchvision)."""
+  _check_crop(img, size)
+  h, w = img.shape[:2]
+  top = (h - size) // 2
+  left = (w - size) // 2
+  return img[top:top + size, left:left + size]
+
+
+def random_crop(img: np.ndarray, size: int,
+                rng: np.random.Generator) -> np.ndarray:
+  """A size x size crop at a uniformly random position."""
+  _check_crop(img, size)
+  h, w = img.shape[:2]
+  top = int(rng.integers(0, h - size + 1))
+  left = int(rng.integers(0, w - size + 1))
+  return img[top:top + size, left:left + size]
+
+
+def horizontal_flip(img: np.ndarray) -> np.ndarray:
+  """Mirror left-right (axis -2 of a channels-last image or batch)."""
+  return img[..., :, ::-1, :]
+
+
+def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
+  """The paper's multi-crop grid: grid x grid crops, evenly spaced.
+
+  Offsets are round(i * (H - size) / (grid - 1)) for i = 0..grid-1 (corners
+  and centre included), row-major.  Returns (grid*grid, size, size, C).  The
+  paper also evaluates the flip of every crop: ``horizontal_flip`` of the
+  result gives those.
+  """
+  _check_crop(img, size)
+  h, w = img.shape[:2]
+  if grid == 1:
+    return center_crop(img, size)[None]
+  tops = [int(round(i * (h - size) / (grid - 1))) for i in range(grid)]
+  lefts = [int(round(j * (w - size) / (grid - 1))) for j in range(grid)]
+  return np.stack([img[t:t + size, l:l + size] for t in tops for l in lefts])
+
+
+def pca_shift_vector(rng: np.random.Generator, eigval, eigvec,
+                     std: float = 0.1) -> np.ndarray:
+  """The per-image RGB offset of Krizhevsky's PCA lighting, in 0-255 units.
+
+  shift = 255 * eigvec @ (alpha * eigval), alpha ~ N(0, std) (3 draws).
+  ``eigval``/``eigvec`` are those of the RGB covariance on the 0-1 scale
+  (SPEC section 8; columns of ``eigvec`` are the eigenvectors), the form in
+  which they are published and in which ``python -m vgg_jax.data stats``
+  writes them.  Re-implementations (fb.resnet.torch, timm) add
+  eigvec @ (alpha * eigval) to images in [0, 1]; in 0-255 space the same
+  shift is 255 times that.
+  """
+  eigval = np.asarray(eigval, np.float64).reshape(3)
+  eigvec = np.asarray(eigvec, np.float64).reshape(3, 3)
+  alpha = rng.normal(0.0, std, size=3)
+  return (255.0 * eigvec @ (alpha * eigval)).astype(np.float32)
+
+
+def pca_color_shift(img_float_rgb_0_255: np.ndarray, rng: np.random.Generator,
+                    eigval, eigvec, std: float = 0.1) -> np.ndarray:
+  """Adds one PCA-lighting offset (``pca_shift_vector``) to every pixel.
+
+  Input and output: float RGB in 0-255 (not clipped, as in Krizhevsky et al.;
+  the mean is subtracted afterwards by ``InputConvention.normalise``).
+  """
+  shift = pca_shift_vector(rng, eigval, eigvec, std)
+  return np.asarray(img_float_rgb_0_255, np.float32) + shift
