@@ -325,6 +325,24 @@ def _grey_to_channels(images: np.ndarray, channels: int) -> np.ndarray:
   return images
 
 
+class _FashionMnistAugment:
+  """Batch of indices + rng -> augmented, normalised batch (vectorised)."""
+
+  def __init__(self, images, labels, data_cfg, convention):
+    self.images, self.labels = images, labels
+    self.crop, self.pad = int(data_cfg.crop_size), int(data_cfg.train_pad)
+    self.flip = bool(data_cfg.flip)
+    self.channels = int(data_cfg.image_channels)
+    self.convention = convention
+
+  def __call__(self, idx: np.ndarray, rng: np.random.Generator):
+    x = batch_random_crop_flip(self.images[idx], self.crop, self.pad,
+                               self.flip, rng)
+    x = _grey_to_channels(x, self.channels)
+    return {"image": self.convention.normalise(x), "label": self.labels[idx],
+            "num_skipped": np.zeros(len(idx), np.int32)}
+
+
 def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
                          process_index, process_count):
   lo, hi = _train_scale_range(data_cfg)
@@ -332,15 +350,7 @@ def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
     raise ValueError("scale jittering is not supported for Fashion-MNIST "
                      "(in-memory pre-rescaled images); use an int train_scale")
   images, labels = _fashion_mnist_resized(data_cfg, data_cfg.train_split, lo)
-  crop, pad, flip = data_cfg.crop_size, data_cfg.train_pad, data_cfg.flip
-  channels = data_cfg.image_channels
-
-  def augment(idx: np.ndarray, rng: np.random.Generator):
-    x = batch_random_crop_flip(images[idx], crop, pad, flip, rng)
-    x = _grey_to_channels(x, channels)
-    return {"image": convention.normalise(x), "label": labels[idx],
-            "num_skipped": np.zeros(len(idx), np.int32)}
-
+  augment = _FashionMnistAugment(images, labels, data_cfg, convention)
   ds = grain.MapDataset.range(len(labels))[process_index::process_count]
   if data_cfg.shuffle:
     ds = ds.shuffle(seed=seed)
@@ -663,15 +673,295 @@ class _EvalExample:
 
 
 # ----------------------------------------------------------------------------
-# Image sources (TFDS ArrayRecord, folders): filled in below.
+# Image sources: TFDS ArrayRecord and folders of class sub-folders.
+#
+# A source is a random-access sequence of encoded images:
+#   len(source); source.get(i, min_side) -> (uint8 (H, W, 3) RGB, label, name)
+#   (raises preprocess.DecodeError); source.label_and_name(i);
+#   source.num_classes; source.class_names; source.prescaled (False).
+
+
+def _tfds_module():
+  # TFDS' builder code imports `importlib_resources`, a backport that is not
+  # a dependency; the standard library's module has what it uses.
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.modules.setdefault("importlib_resources", importlib.resources)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+class TfdsImageSource:
+  """A split of a prepared TFDS image-classification dataset (ArrayRecord).
+
+  Images are read as the stored encoded bytes (``SkipDecoding``) and decoded
+  here, so that JPEG DCT-domain downscaling and our bad-input handling apply.
+  """
+
+  prescaled = False
+
+  def __init__(self, name: str, split: str, data_dir: str | None):
+    tfds = _tfds_module()
+    self.name, self.split, self.data_dir = name, split, data_dir
+    hint = (f"prepare it with `python -m vgg_jax.data prepare {name} "
+            f"--data_dir {data_dir or '~/tensorflow_datasets'}` "
+            + ("--manual_dir DIR_WITH_ILSVRC2012_TARS`"
+               if name.startswith("imagenet2012") else "")
+            ).replace("` --manual", " --manual")
+    try:
+      self._source = tfds.data_source(
+          name, split=split, data_dir=data_dir, download=False,
+          decoders={"image": tfds.decode.SkipDecoding()})
+    except ValueError as e:  # unknown split
+      raise ValueError(f"TFDS dataset {name!r} in {data_dir}: {e}; set "
+                       "data_cfg.train_split / eval_split to one of those, "
+                       f"or {hint}") from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} split {split!r} is not prepared as "
+          f"ArrayRecord under data_dir={data_dir!r} "
+          f"({type(e).__name__}: {str(e).splitlines()[0]}); {hint}") from e
+    features = self._source.dataset_info.features
+    for key in ("image", "label"):
+      if key not in features:
+        raise ValueError(f"TFDS dataset {name!r} has features "
+                         f"{list(features)}; an image-classification dataset "
+                         "needs 'image' and 'label'")
+    self.class_names = list(features["label"].names)
+    self.num_classes = int(features["label"].num_classes)
+    self._has_file_name = "file_name" in features
+
+  def __len__(self):
+    return len(self._source)
+
+  def _name(self, i, ex):
+    if self._has_file_name:
+      fn = ex["file_name"]
+      return fn.decode() if isinstance(fn, bytes) else str(fn)
+    return f"{self.name}/{self.split}/{i}"
+
+  def get(self, i, min_side=None):
+    ex = self._source[int(i)]
+    name = self._name(i, ex)
+    img = ex["image"]
+    if isinstance(img, np.ndarray):  # a dataset without encoded images
+      img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, -1)
+    else:
+      try:
+        img = preprocess.decode_image(img, min_side=min_side)
+      except preprocess.DecodeError as e:
+        raise preprocess.DecodeError(f"{name}: {e}") from e
+    return img, int(ex["label"]), name
+
+  def label_and_name(self, i):
+    ex = self._source[int(i)]
+    return int(ex["label"]), self._name(i, ex)
+
+
+def load_or_create_class_index(data_dir, class_index_path=None,
+                               train_split="train") -> dict[str, int]:
+  """{class folder name: label}, written once (atomically) and then reused.
+
+  Created from the sorted sub-folders of ``data_dir/train_split`` the first
+  time, then always read back, so adding a class folder later cannot shift
+  the labels of a trained model.
+  """
+  root = pathlib.Path(data_dir)
+  path = pathlib.Path(class_index_path) if class_index_path else (
+      root / "class_index.json")
+  if path.exists():
+    with open(path) as f:
+      index = json.load(f)
+    if not isinstance(index, dict) or sorted(index.values()) != list(
+        range(len(index))):
+      raise ValueError(f"{path} must map class names to 0..N-1, got {index}")
+    return index
+  train_dir = root / train_split
+  if not train_dir.is_dir():
+    raise FileNotFoundError(
+        f"no class index at {path} and no training folder {train_dir} to "
+        "build one from; expected DATA_DIR/<split>/<class>/<image files> "
+        "(see docs/data.md)")
+  classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+  if not classes:
+    raise FileNotFoundError(f"{train_dir} has no class sub-folders")
+  index = {c: i for i, c in enumerate(classes)}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with open(tmp, "w") as f:
+    json.dump(index, f, indent=1)
+  os.replace(tmp, path)
+  log.info("wrote class index of %d classes to %s", len(index), path)
+  return index
+
+
+class FolderImageSource:
+  """``data_dir/split/<class>/<image>`` files, in sorted order."""
+
+  prescaled = False
+
+  def __init__(self, data_dir, split, class_index_path=None,
+               train_split="train"):
+    if not data_dir:
+      raise ValueError("source='folder' needs data_cfg.data_dir (the folder "
+                       "holding train/ and validation/ class sub-folders)")
+    self.root = pathlib.Path(data_dir)
+    split_dir = self.root / split
+    if not split_dir.is_dir():
+      have = sorted(d.name for d in self.root.iterdir() if d.is_dir()) \
+          if self.root.is_dir() else None
+      raise FileNotFoundError(
+          f"split folder {split_dir} does not exist"
+          + (f" (data_dir has {have})" if have is not None
+             else f" (no data_dir {self.root})")
+          + "; expected DATA_DIR/<split>/<class>/<image files>")
+    self.class_index = load_or_create_class_index(
+        self.root, class_index_path, train_split)
+    self.class_names = sorted(self.class_index, key=self.class_index.get)
+    self.num_classes = len(self.class_index)
+    files, labels = [], []
+    for cls_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+      if cls_dir.name not in self.class_index:
+        raise ValueError(
+            f"class folder {cls_dir} is not in the class index (classes "
+            f"{self.class_names[:5]}...); the index is fixed once written: "
+            "delete it only if you mean to relabel everything")
+      for f in sorted(cls_dir.iterdir()):
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+          files.append(f"{split}/{cls_dir.name}/{f.name}")
+          labels.append(self.class_index[cls_dir.name])
+    if not files:
+      raise FileNotFoundError(f"no image files under {split_dir}/<class>/")
+    self.files = files
+    self.labels = np.asarray(labels, np.int32)
+
+  def __len__(self):
+    return len(self.files)
+
+  def get(self, i, min_side=None):
+    name = self.files[int(i)]
+    try:
+      data = (self.root / name).read_bytes()
+      img = preprocess.decode_image(data, min_side=min_side)
+    except (OSError, preprocess.DecodeError) as e:
+      raise preprocess.DecodeError(f"{name}: {e}") from e
+    return img, int(self.labels[int(i)]), name
+
+  def label_and_name(self, i):
+    return int(self.labels[int(i)]), self.files[int(i)]
 
 
 def _image_source(data_cfg, split):
-  raise NotImplementedError("source 'tfds'/'folder' not written yet")
+  if data_cfg.source == "tfds":
+    return TfdsImageSource(data_cfg.name, split, data_cfg.data_dir)
+  return FolderImageSource(data_cfg.data_dir, split, data_cfg.class_index_path,
+                           data_cfg.train_split)
 
 
-def _image_train(data_cfg, **kw):
-  raise NotImplementedError("source 'tfds'/'folder' not written yet")
+class _TrainExample:
+  """Source index + rng -> one augmented uint8 crop (section 3.1).
+
+  Randomness (S, crop position, flip, PCA alpha) comes only from the rng
+  grain derives from (seed, position in the shuffled, repeated stream).
+  """
+
+  def __init__(self, data_cfg, source):
+    self.source = source
+    self.scale_lo, self.scale_hi = _train_scale_range(data_cfg)
+    self.crop = int(data_cfg.crop_size)
+    self.pad = int(data_cfg.train_pad)
+    self.flip = bool(data_cfg.flip)
+    self.pca_std = float(data_cfg.pca_std)
+    self.eigval = np.asarray(data_cfg.pca_eigval, np.float64)
+    self.eigvec = np.asarray(data_cfg.pca_eigvec, np.float64)
+
+  def __call__(self, index, rng: np.random.Generator):
+    s = int(rng.integers(self.scale_lo, self.scale_hi + 1))
+    try:
+      img, label, _ = self.source.get(index, min_side=s)
+    except preprocess.DecodeError as e:
+      log.warning("skipping training image: %s", e)
+      return {"ok": False}
+    img = preprocess.rescale_shorter_side(img, s)
+    if self.pad:
+      img = np.pad(img, [(self.pad, self.pad), (self.pad, self.pad), (0, 0)])
+    img = preprocess.random_crop(img, self.crop, rng)
+    if self.flip and rng.random() < 0.5:
+      img = preprocess.horizontal_flip(img)
+    if self.pca_std > 0:
+      shift = preprocess.pca_shift_vector(rng, self.eigval, self.eigvec,
+                                          self.pca_std)
+    else:
+      shift = np.zeros(3, np.float32)
+    return {"ok": True, "image": np.ascontiguousarray(img),
+            "label": np.int32(label), "shift": shift}
+
+
+class _SkipUndecodable(grain.IterDataset):
+  """Drops examples marked ``ok=False`` and tells the next kept example how
+
+  many were dropped before it (``num_skipped``), so the count survives
+  batching and worker processes and reaches ``TrainIterator.skipped``.
+  """
+
+  def __iter__(self):
+    return _SkipUndecodableIterator(self._parent.__iter__())
+
+
+class _SkipUndecodableIterator(grain.DatasetIterator):
+
+  def __init__(self, parent):
+    super().__init__(parent)
+    self._pending = 0
+
+  def __next__(self):
+    while True:
+      ex = next(self._parent)
+      if ex.pop("ok"):
+        ex["num_skipped"] = np.int32(self._pending)
+        self._pending = 0
+        return ex
+      self._pending += 1
+
+  def get_state(self):
+    return {"parent": self._parent.get_state(), "pending": self._pending}
+
+  def set_state(self, state):
+    self._parent.set_state(state["parent"])
+    self._pending = int(state["pending"])
+
+
+class _TrainFinalise:
+  """Batch of uint8 crops -> float input: + PCA shift (RGB 0-255), normalise."""
+
+  def __init__(self, convention):
+    self.convention = convention
+
+  def __call__(self, batch):
+    x = batch["image"].astype(np.float32)
+    x += batch.pop("shift")[:, None, None, :]
+    batch["image"] = self.convention.normalise(x)
+    return batch
+
+
+def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
+                 process_count):
+  source = _image_source(data_cfg, data_cfg.train_split)
+  if data_cfg.image_channels != 3:
+    raise ValueError("image sources are RGB: set data_cfg.image_channels=3")
+  if len(source) < process_count:
+    raise ValueError(f"{len(source)} training examples cannot be shared by "
+                     f"{process_count} processes")
+  ds = grain.MapDataset.range(len(source))[process_index::process_count]
+  if data_cfg.shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat()
+  ds = ds.random_map(_TrainExample(data_cfg, source),
+                     seed=_derived_seed(seed, 1))
+  ds = ds.to_iter_dataset(_read_options(data_cfg))
+  ds = _SkipUndecodable(ds)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.map(_TrainFinalise(convention))
 
 
 def dataset_info(data_cfg) -> DatasetInfo:
