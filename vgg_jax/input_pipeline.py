@@ -95,7 +95,8 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
   ``source="fashion_mnist"`` (default) gives small-image settings (28x28 grey
   rescaled to 32); ``"tfds"``/``"folder"`` give the paper's 224 crops.
   """
-  c = ml_collections.ConfigDict()
+  # Not type-safe: train_scale is an int S or a pair [S_min, S_max].
+  c = ml_collections.ConfigDict(type_safe=False)
   # Where the data comes from: "fashion_mnist", "tfds" or "folder".
   c.source = source
   # TFDS dataset name (source="tfds"), e.g. "imagenet2012".
@@ -351,10 +352,8 @@ def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
                      "(in-memory pre-rescaled images); use an int train_scale")
   images, labels = _fashion_mnist_resized(data_cfg, data_cfg.train_split, lo)
   augment = _FashionMnistAugment(images, labels, data_cfg, convention)
-  ds = grain.MapDataset.range(len(labels))[process_index::process_count]
-  if data_cfg.shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat()
+  ds = train_indices(len(labels), seed=seed, process_index=process_index,
+                     process_count=process_count, shuffle=data_cfg.shuffle)
   ds = ds.batch(local_batch, drop_remainder=True, batch_fn=np.asarray)
   ds = ds.random_map(augment, seed=_derived_seed(seed, 1))
   return ds.to_iter_dataset(_read_options(data_cfg))
@@ -373,6 +372,20 @@ def _derived_seed(seed: int, stream: int) -> int:
   return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
 
 
+def train_indices(num_examples: int, *, seed: int, process_index: int,
+                  process_count: int, shuffle: bool = True) -> grain.MapDataset:
+  """The endless stream of example indices one process trains on.
+
+  Process p owns examples p, p + P, p + 2P, ... (disjoint shards); each
+  epoch of its shard is a fresh permutation (grain folds the epoch into the
+  shuffle seed).
+  """
+  ds = grain.MapDataset.range(num_examples)[process_index::process_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  return ds.repeat()
+
+
 def _read_options(data_cfg) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=int(data_cfg.num_threads),
                            prefetch_buffer_size=max(
@@ -381,6 +394,11 @@ def _read_options(data_cfg) -> grain.ReadOptions:
 
 def _maybe_mp(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
   if data_cfg.num_workers and data_cfg.num_workers > 0:
+    # grain's worker processes read absl flags; outside an absl app (tests,
+    # notebooks) they are unparsed and reading them raises.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_cfg.num_workers),
         per_worker_buffer_size=int(data_cfg.prefetch_buffer_size)))
@@ -952,10 +970,8 @@ def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
   if len(source) < process_count:
     raise ValueError(f"{len(source)} training examples cannot be shared by "
                      f"{process_count} processes")
-  ds = grain.MapDataset.range(len(source))[process_index::process_count]
-  if data_cfg.shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat()
+  ds = train_indices(len(source), seed=seed, process_index=process_index,
+                     process_count=process_count, shuffle=data_cfg.shuffle)
   ds = ds.random_map(_TrainExample(data_cfg, source),
                      seed=_derived_seed(seed, 1))
   ds = ds.to_iter_dataset(_read_options(data_cfg))

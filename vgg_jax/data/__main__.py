@@ -1,0 +1,95 @@
+"""python -m vgg_jax.data {prepare,stats} ... (see vgg_jax/data/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+
+from vgg_jax import input_pipeline
+from vgg_jax.data import prepare
+from vgg_jax.data import stats
+
+
+def _parser():
+  p = argparse.ArgumentParser(prog="python -m vgg_jax.data",
+                              description=__doc__)
+  sub = p.add_subparsers(dest="command", required=True)
+  pp = sub.add_parser(
+      "prepare", help="build a TFDS dataset as ArrayRecord, or index a folder",
+      description="NAME: a TFDS dataset (imagenet2012 needs --manual_dir with "
+      "the ILSVRC-2012 tars) or 'folder' (DATA_DIR/<split>/<class>/<images>).")
+  pp.add_argument("name")
+  pp.add_argument("--data_dir", default=None,
+                  help="TFDS data_dir, or the folder root for 'folder'")
+  pp.add_argument("--manual_dir", default=None,
+                  help="where the manually downloaded files are (imagenet2012)")
+  pp.add_argument("--class_index", default=None,
+                  help="folder: class-index JSON (default DATA_DIR/class_index.json)")
+  pp.add_argument("--train_split", default="train")
+  pp.add_argument("--check", action="store_true",
+                  help="folder: decode every image and list those that fail")
+  ps = sub.add_parser(
+      "stats", help="mean RGB and RGB-covariance PCA of a training split")
+  ps.add_argument("--source", default="tfds",
+                  choices=["tfds", "folder", "fashion_mnist"])
+  ps.add_argument("--name", default="imagenet2012", help="TFDS dataset name")
+  ps.add_argument("--data_dir", default=None)
+  ps.add_argument("--split", default="train")
+  ps.add_argument("--class_index", default=None)
+  ps.add_argument("--max_images", type=int, default=None,
+                  help="a seeded random subset of this many images")
+  ps.add_argument("--side", type=int, default=None,
+                  help="rescale each image's shorter side to this first")
+  ps.add_argument("--seed", type=int, default=0)
+  ps.add_argument("--output", default=None, help="also write the JSON here")
+  return p
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  args = _parser().parse_args(argv)
+  try:
+    if args.command == "prepare":
+      if args.name == "folder":
+        if not args.data_dir:
+          raise ValueError("prepare folder needs --data_dir")
+        result = prepare.prepare_folder(
+            args.data_dir, class_index_path=args.class_index,
+            train_split=args.train_split, check=args.check)
+      else:
+        result = prepare.prepare_tfds(args.name, data_dir=args.data_dir,
+                                      manual_dir=args.manual_dir)
+    else:
+      cfg = input_pipeline.default_data_config(args.source)
+      cfg.name = args.name
+      cfg.data_dir = args.data_dir
+      cfg.class_index_path = args.class_index
+      result = stats.compute_stats(cfg, split=args.split,
+                                   max_images=args.max_images, side=args.side,
+                                   seed=args.seed)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  text = json.dumps(result, indent=1)
+  print(text)
+  if args.command == "stats" and args.output:
+    out = pathlib.Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, out)
+  if args.command == "stats" and "mean_rgb" in result:
+    print("# for the data config:\n"
+          f"data.mean_rgb = {tuple(round(v, 3) for v in result['mean_rgb'])}\n"
+          f"data.pca_eigval = {tuple(round(v, 5) for v in result['pca_eigval'])}\n"
+          "data.pca_eigvec = "
+          f"{tuple(tuple(round(v, 4) for v in r) for r in result['pca_eigvec'])}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,75 @@
+"""Preparing datasets: TFDS builds as ArrayRecord, class-folder indices."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+from vgg_jax import input_pipeline
+from vgg_jax import preprocess
+
+log = logging.getLogger(__name__)
+
+ILSVRC_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def prepare_tfds(name: str, *, data_dir: str | None,
+                 manual_dir: str | None = None) -> dict[str, int]:
+  """Builds TFDS dataset ``name`` as ArrayRecord; returns {split: examples}.
+
+  ``tfds build`` wants apache_beam for ArrayRecord; calling the builder
+  directly does not (checked for imagenet2012 with tensorflow-datasets
+  4.9.10).  TFDS writes into an ``incomplete.*`` folder and renames it when
+  done, so an interrupted build is never taken for a finished one.
+  """
+  tfds = input_pipeline._tfds_module()  # pylint: disable=protected-access
+  if name.startswith("imagenet2012"):
+    if not manual_dir:
+      raise ValueError(
+          f"{name} is built from the ILSVRC-2012 tars you download yourself "
+          "(https://image-net.org/download-images): pass --manual_dir DIR "
+          f"where DIR holds {' and/or '.join(ILSVRC_TARS)}")
+    found = [t for t in ILSVRC_TARS if (pathlib.Path(manual_dir) / t).exists()]
+    if not found:
+      raise FileNotFoundError(
+          f"--manual_dir {manual_dir} holds neither of {ILSVRC_TARS}; put the "
+          "ILSVRC-2012 training and/or validation tars there")
+    log.info("building %s from %s", name, found)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"TFDS knows no dataset {name!r}: {e}") from e
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir) if manual_dir else None)
+  builder.download_and_prepare(file_format="array_record",
+                               download_config=download_config)
+  return {str(k): v.num_examples for k, v in builder.info.splits.items()}
+
+
+def prepare_folder(data_dir: str, *, class_index_path: str | None = None,
+                   train_split: str = "train", check: bool = False) -> dict:
+  """Writes (or reads) the class index and summarises every split folder.
+
+  Returns {"class_index": path, "num_classes": N, "splits": {split:
+  examples}, "undecodable": [names]} (the last only filled with ``check``).
+  """
+  root = pathlib.Path(data_dir)
+  index = input_pipeline.load_or_create_class_index(
+      root, class_index_path, train_split)
+  splits = {}
+  undecodable = []
+  for split_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+    if not any(c.is_dir() for c in split_dir.iterdir()):
+      continue
+    src = input_pipeline.FolderImageSource(root, split_dir.name,
+                                           class_index_path, train_split)
+    splits[split_dir.name] = len(src)
+    if check:
+      for i in range(len(src)):
+        try:
+          src.get(i)
+        except preprocess.DecodeError as e:
+          undecodable.append(str(e))
+  return {"class_index": str(class_index_path or root / "class_index.json"),
+          "num_classes": len(index), "splits": splits,
+          "undecodable": undecodable}
