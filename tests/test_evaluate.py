@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vgg_jax import evaluate
+from vgg_jax import conventions, evaluate
 from vgg_jax.models import create_model
 
-TINY = dict(width_mult=0.125, fc_width=64, num_classes=10)
+TINY = dict(width_mult=0.125, fc_width=64, num_classes=10, init="he")
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,74 @@ def test_evaluate_classifier_rejects_empty_input(tiny_model):
            "label": np.zeros((2,), np.int32), "mask": np.zeros((2,), np.int32)}
   with pytest.raises(ValueError, match="no examples"):
     evaluate.evaluate_classifier(tiny_model, [empty])
+
+
+def _softmax(z):
+  z = z - z.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _alone_dense(model, convention, img):
+  """Dense posterior of one image at its exact size, no canvas, no masks:
+  the model's own score map averaged, soft-max, averaged with the flip."""
+  x = convention.normalise(img)[None]
+  p = _softmax(np.asarray(model(x)))[0]
+  pf = _softmax(np.asarray(model(x[:, :, ::-1])))[0]
+  return (p + pf) / 2
+
+
+def _random_images(sizes, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def _stream(images, labels=None):
+  for i, img in enumerate(images):
+    yield {"image": img, "label": 0 if labels is None else labels[i],
+           "index": i, "name": f"img{i}", "mask": 1, "decode_error": ""}
+
+
+# LRN; AlexNet's strided, padded conv1 and 3x3/2 pools; BatchNorm.
+@pytest.mark.parametrize("name", ["A-LRN", "alexnet", "D-BN"])
+def test_bucketed_dense_equals_each_image_alone(name):
+  # Every aspect ratio: landscape, portrait, square, odd sizes; several share
+  # a bucket, so images of different sizes run on one zero-padded canvas.
+  model = create_model(name, rngs=nnx.Rngs(1), **TINY)
+  if name == "D-BN":  # non-trivial running statistics
+    for layer in ("block1_bn1", "block3_bn2"):
+      bn = getattr(model, layer)
+      bn.mean[...] = bn.mean[...] + 0.3
+      bn.var[...] = bn.var[...] * 2.0
+  sizes = [(224, 291), (301, 224), (224, 224), (229, 256), (227, 254)]
+  images = _random_images(sizes)
+  # BGR and a scale: the device-side normalisation is exercised too.
+  convention = conventions.InputConvention("BGR", 1 / 255, (0.4, 0.45, 0.5),
+                                           (0.22, 0.23, 0.24))
+  post, names, labels, failed = evaluate.scale_posteriors(
+      model, _stream(images), num_examples=len(images),
+      convention=convention, parts=("dense",), batch_size=2, bucket_step=64)
+  assert not failed and list(names) == [f"img{i}" for i in range(5)]
+  want = np.stack([_alone_dense(model, convention, img) for img in images])
+  np.testing.assert_allclose(post["dense"], want, atol=1e-5, rtol=0)
+  # The posteriors are not all alike (the test could fail).
+  assert np.abs(want[0] - want[1]).max() > 1e-4
+
+
+def test_without_remasking_the_canvas_would_change_the_result():
+  # The reason for masked_score_map: zero padding alone is not enough, the
+  # padded border of a layer's output is not zero after bias and ReLU.
+  import jax.numpy as jnp
+  model = create_model("A", rngs=nnx.Rngs(2), **TINY)
+  img = _random_images([(224, 250)])[0]
+  x = conventions.TORCHVISION.normalise(img)[None]
+  canvas = np.zeros((1, 320, 320, 3), np.float32)
+  canvas[0, :224, :250] = x[0]
+  alone = np.asarray(model(x))
+  naive = np.asarray(model.score_map(canvas))[:, :1, :2].mean(axis=(1, 2))
+  scores, valid = evaluate.masked_score_map(
+      model, jnp.asarray(canvas), jnp.asarray([[224, 250]], jnp.int32))
+  masked = (np.asarray(scores) * np.asarray(valid)[..., None]).sum(
+      axis=(1, 2)) / np.asarray(valid).sum()
+  np.testing.assert_allclose(masked, alone, atol=1e-5)
+  assert np.abs(naive - alone).max() > 1e-4
