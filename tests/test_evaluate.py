@@ -131,3 +131,98 @@ def test_without_remasking_the_canvas_would_change_the_result():
       axis=(1, 2)) / np.asarray(valid).sum()
   np.testing.assert_allclose(masked, alone, atol=1e-5)
   assert np.abs(naive - alone).max() > 1e-4
+
+
+# --- The command, end to end on Fashion-MNIST (28x28 grey, rescaled to Q). ---
+
+FASHION_TINY = dict(width_mult=0.125, fc_width=32, num_classes=10,
+                    head_window=1, in_channels=1)
+
+
+def _save_tiny(path, seed, name="A", convention=None, **extra):
+  from vgg_jax import input_pipeline, weights
+  model = create_model(name, rngs=nnx.Rngs(seed), init="he", **FASHION_TINY)
+  cfg = input_pipeline.default_data_config("fashion_mnist")
+  convention = convention or input_pipeline.input_convention(cfg)
+  weights.save_pretrained(
+      path, model, model_kwargs=dict(name=name, **FASHION_TINY),
+      input_convention=convention, source="test",
+      class_names=list(input_pipeline.FASHION_MNIST_CLASSES),
+      extra=dict({"train_scale": 32, "crop_size": 32}, **extra))
+  return model, convention
+
+
+def _reference_posteriors(model, convention, images):
+  """dense and multicrop posteriors written out image by image."""
+  from vgg_jax import preprocess
+  dense, multi = [], []
+  for img in images:
+    x = convention.normalise(img)[None]
+    dense.append((_softmax(np.asarray(model(x)))[0]
+                  + _softmax(np.asarray(model(x[:, :, ::-1])))[0]) / 2)
+    crops = convention.normalise(preprocess.grid_crops(img, 32, 5))
+    crops = np.concatenate([crops, crops[:, :, ::-1]])
+    multi.append(_softmax(np.asarray(model(crops))).mean(axis=0))
+  return np.stack(dense), np.stack(multi)
+
+
+def test_command_dense_multicrop_ensemble_and_saved_posteriors(tmp_path):
+  from vgg_jax import input_pipeline
+  m1, conv1 = _save_tiny(tmp_path / "m1", 1)
+  # The second model has another input convention: each model gets its own.
+  conv2 = conventions.InputConvention("RGB", 1 / 255, (0.3,), (0.35,))
+  m2, _ = _save_tiny(tmp_path / "m2", 2, convention=conv2)
+  out = tmp_path / "out"
+  report = evaluate.main([
+      "--model", str(tmp_path / "m1"), "--model", str(tmp_path / "m2"),
+      "--data", "fashion_mnist", "--protocol", "dense+multicrop",
+      "--scales", "32,40", "--limit", "13", "--batch-size", "4",
+      "--output", str(out), "--save-posteriors", "--arch", "A"])
+  # Independent reference: the same decoded images, one at a time.
+  cfg = input_pipeline.default_data_config("fashion_mnist")
+  per_model = []
+  for model, conv in ((m1, conv1), (m2, conv2)):
+    per_scale = []
+    for q in (32, 40):
+      it = input_pipeline.create_eval_iterator(
+          cfg, global_batch_size=1, input_convention=conv, protocol="dense",
+          scale=q, batch=False)
+      exs = [ex for _, ex in zip(range(13), it)]
+      labels = np.array([ex["label"] for ex in exs])
+      imgs = [np.asarray(ex["image"]).reshape(q, q, 1) for ex in exs]
+      d, mc = _reference_posteriors(model, conv, imgs)
+      per_scale.append((d, mc))
+    dense = np.mean([d for d, _ in per_scale], axis=0)
+    multi = np.mean([m for _, m in per_scale], axis=0)
+    per_model.append((dense + multi) / 2)
+  # Saved posteriors match the reference part by part.
+  saved = evaluate.SplitPosteriors.load(out / "posteriors_1_A.npz")
+  np.testing.assert_array_equal(saved.labels, labels)
+  assert list(saved.names[:2]) == ["fashion_mnist/test/0",
+                                   "fashion_mnist/test/1"]
+  np.testing.assert_allclose(
+      combine_one := evaluate.combine([saved], "dense+multicrop"),
+      per_model[1], atol=1e-5)
+  assert combine_one.shape == (13, 10)
+  rows = report["rows"]
+  assert [r["net"] for r in rows] == ["A", "A", "A & A (ensemble)"]
+  for row, post in zip(rows, per_model + [np.mean(per_model, axis=0)]):
+    want1, want5 = _numpy_errors(post, labels)
+    assert row["top1_error"] == pytest.approx(want1)
+    assert row["top5_error"] == pytest.approx(want5)
+    assert row["num_examples"] == 13
+  assert report["num_evaluated"] == 13 and report["num_failed"] == 0
+  md = (out / "results.md").read_text()
+  assert "| A & A (ensemble) | ? | 32,40 | multi-crop & dense |" in md
+  assert "13 evaluated, 0 could not be decoded" in md
+  # Ensembles and protocols formed later from the saved posteriors.
+  again = evaluate.main([
+      "--from-posteriors", str(out / "posteriors_0_A.npz"),
+      str(out / "posteriors_1_A.npz"), "--protocol", "dense",
+      "--output", str(tmp_path / "out2")])
+  dense_ens = np.mean([
+      evaluate.SplitPosteriors.load(out / f"posteriors_{i}_A.npz")
+      .posteriors[f"dense@{q}"] for i in (0, 1) for q in (32, 40)], axis=0)
+  want1, want5 = _numpy_errors(dense_ens, labels)
+  assert again["rows"][-1]["top1_error"] == pytest.approx(want1)
+  assert again["rows"][-1]["top5_error"] == pytest.approx(want5)

@@ -809,3 +809,345 @@ def errors_of(posteriors: np.ndarray, labels: np.ndarray
   return {"top1_error": float(1 - hit[:, 0].sum() / n),
           "top5_error": float(1 - hit.any(axis=1).sum() / n),
           "num_examples": int(n), "num_failed": int((~ok).sum())}
+
+
+# ---------------------------------------------------------------------------
+# Models from directories, checked before any compute.
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A net, its input convention and what evaluation needs to know of it."""
+  path: str
+  model: Any
+  metadata: dict
+  convention: Any
+  crop_size: int
+  train_scale: Any  # S (int), [S_min, S_max], or None if unknown
+
+  @property
+  def label(self) -> str:
+    m = self.metadata["model"]
+    return str(m.get("name"))
+
+
+def _training_config(path: pathlib.Path) -> dict:
+  cfg = path / "config.json"
+  if cfg.is_file():
+    try:
+      return json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+      return {}
+  return {}
+
+
+def load_model(path: str | os.PathLike, *, expect_name: str | None = None,
+               crop_size: int | None = None, step: int | None = None,
+               best: bool = False) -> LoadedModel:
+  """A model dir: imported weights (``vgg_jax.weights``) or a training workdir.
+
+  Checks, before anything is computed: the net is the one asked for
+  (``expect_name``), the directory carries an input convention, and the
+  training crop fits the net's head (FC1 must see exactly head_window^2).
+  """
+  from vgg_jax import conventions as conventions_lib
+  from vgg_jax import weights
+  from vgg_jax.models import canonical_name, net_spec, output_size
+  p = pathlib.Path(path)
+  if (p / weights.METADATA_FILE).is_file():
+    meta = weights.read_metadata(p)  # clear errors on a bad directory
+    model, meta = weights.load_pretrained(p)
+  elif (p / "checkpoints").is_dir():
+    from vgg_jax import checkpointing
+    model, meta = checkpointing.load_model_from_workdir(p, step=step,
+                                                        best=best)
+  else:
+    raise FileNotFoundError(
+        f"{path} is neither imported weights (a directory with metadata.json,"
+        " written by `python -m vgg_jax.weights`) nor a training workdir "
+        "(with checkpoints/, written by `python -m vgg_jax.main`)")
+  if not meta.get("input_convention"):
+    raise ValueError(
+        f"{path} carries no input convention (channel order, scale, mean, "
+        "std); without it its inputs cannot be preprocessed.  Re-export the "
+        "weights with vgg_jax.weights.save_pretrained(input_convention=...)")
+  convention = conventions_lib.InputConvention.from_dict(
+      meta["input_convention"])
+  name = meta["model"]["name"]
+  if expect_name is not None and canonical_name(expect_name) != canonical_name(
+      name):
+    raise ValueError(
+        f"{path} holds net {canonical_name(name)!r}, but "
+        f"{canonical_name(expect_name)!r} was asked for (--arch); pass the "
+        "right directory or --arch")
+  cfg = _training_config(p)
+  data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
+  train_scale = meta.get("train_scale", data.get("train_scale"))
+  crop = crop_size or meta.get("crop_size") or data.get("crop_size")
+  spec = net_spec(name, **{k: meta["model"][k] for k in
+                           ("width_mult", "fc_width", "head_window")
+                           if meta["model"].get(k) is not None})
+  if crop is None:  # the smallest input whose score map is 1x1
+    crop = next(s for s in range(1, 2048)
+                if output_size(spec, s) >= spec.head_window)
+  crop = int(crop)
+  if output_size(spec, crop) - spec.head_window + 1 != 1:
+    raise ValueError(
+        f"{path}: net {name} with head window {spec.head_window} gives a "
+        f"{output_size(spec, crop) - spec.head_window + 1}-wide score map on "
+        f"a {crop}x{crop} crop, not 1x1: the crop size does not match the "
+        "net (pass --crop-size)")
+  if isinstance(train_scale, list):
+    train_scale = [int(v) for v in train_scale]
+  return LoadedModel(str(path), model, meta, convention, crop, train_scale)
+
+
+def check_compatible(loaded: LoadedModel, info, *, data_desc: str) -> None:
+  """Classes and channels of the model against the dataset's."""
+  m = loaded.metadata["model"]
+  classes = int(m.get("num_classes", 1000))
+  if classes != info.num_classes:
+    raise ValueError(
+        f"{loaded.path} predicts {classes} classes but {data_desc} has "
+        f"{info.num_classes}: the model was not trained on this dataset")
+  names = loaded.metadata.get("class_names")
+  if names and info.class_names and list(names) != list(info.class_names):
+    diff = [(i, a, b) for i, (a, b) in enumerate(zip(names,
+                                                     info.class_names))
+            if a != b][:3]
+    raise ValueError(
+        f"{loaded.path}'s class names differ from {data_desc}'s (first "
+        f"differences (index, model, data): {diff}); labels would be "
+        "compared against the wrong classes")
+  channels = int(m.get("in_channels", 3))
+  if channels != info.image_channels:
+    raise ValueError(
+        f"{loaded.path} takes {channels}-channel images but {data_desc} "
+        f"gives {info.image_channels} (data.image_channels)")
+
+
+# ---------------------------------------------------------------------------
+# The report: a table laid out like the paper's Tables 3-6.
+# ---------------------------------------------------------------------------
+
+METHOD_NAMES = {"centre": "centre crop", "dense": "dense",
+                "multicrop": "multi-crop",
+                "dense+multicrop": "multi-crop & dense"}
+
+
+def _fmt_scale(s) -> str:
+  if s is None:
+    return "?"
+  if isinstance(s, (list, tuple)):
+    return f"[{s[0]};{s[1]}]"
+  return str(s)
+
+
+def report_table(rows: list[dict]) -> str:
+  """Markdown table: ConvNet | train S | test Q | method | top-1 | top-5."""
+  lines = ["| ConvNet config. | train (S) | test (Q) | method | "
+           "top-1 val. error (%) | top-5 val. error (%) |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['net']} | {_fmt_scale(r['train_scale'])} | "
+        f"{','.join(str(q) for q in r['scales'])} | "
+        f"{METHOD_NAMES.get(r['protocol'], r['protocol'])} | "
+        f"{100 * r['top1_error']:.1f} | {100 * r['top5_error']:.1f} |")
+  return "\n".join(lines)
+
+
+def build_report(results: list[SplitPosteriors], protocol: str,
+                 scales_per_model: list[list[int]], *, split_desc: str
+                 ) -> dict[str, Any]:
+  rows = []
+  for r, qs in zip(results, scales_per_model):
+    err = errors_of(combine([r], protocol, [qs]), r.labels)
+    rows.append({"net": r.meta.get("net", "?"), "model": r.meta.get("path"),
+                 "train_scale": r.meta.get("train_scale"), "scales": qs,
+                 "protocol": protocol, **err})
+  if len(results) > 1:
+    err = errors_of(combine(results, protocol, scales_per_model),
+                    results[0].labels)
+    all_q = sorted({q for qs in scales_per_model for q in qs})
+    rows.append({"net": " & ".join(r["net"] for r in rows) + " (ensemble)",
+                 "model": None, "train_scale": None, "scales": all_q,
+                 "protocol": protocol, **err})
+  failed = {}
+  for r in results:
+    failed.update(r.failed)
+  first = results[0]
+  return {
+      "split": split_desc, "protocol": protocol,
+      "num_examples": first.num_examples,
+      "num_split_examples": first.meta.get("num_split_examples",
+                                           first.num_examples),
+      "num_evaluated": first.num_examples - len(failed),
+      "num_failed": len(failed),
+      "failed": [{"name": k, "reason": v} for k, v in sorted(failed.items())],
+      "rows": rows,
+  }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+  lines = [f"# Evaluation: {report['split']}", "",
+           report_table(report["rows"]), "",
+           f"Examples: {report['num_examples']} of "
+           f"{report['num_split_examples']} in the split; "
+           f"{report['num_evaluated']} evaluated, {report['num_failed']} "
+           "could not be decoded (counted as errors)."]
+  if report["failed"]:
+    lines += ["", "Could not be decoded:"]
+    lines += [f"- {f['name']}: {f['reason']}" for f in report["failed"]]
+  return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], output: str | os.PathLike) -> None:
+  output = pathlib.Path(output)
+  text = json.dumps(report, indent=2) + "\n"
+  _atomic_write(output / "results.json", lambda f: f.write(text.encode()))
+  md = report_markdown(report)
+  _atomic_write(output / "results.md", lambda f: f.write(md.encode()))
+
+
+# ---------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------
+
+def _parse_scales(text: str | None, loaded: LoadedModel) -> list[int]:
+  if text and text not in ("paper", "paper-single"):
+    try:
+      return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+      raise ValueError(f"--scales takes comma-separated integers, 'paper' "
+                       f"or 'paper-single', got {text!r}") from None
+  if loaded.train_scale is None:
+    raise ValueError(
+        f"{loaded.path} does not record its training scale S, so the paper's "
+        "test scales cannot be derived: pass --scales (e.g. 256,384,512)")
+  return paper_scales(loaded.train_scale, single=text == "paper-single")
+
+
+def _data_config(args):
+  from vgg_jax import input_pipeline
+  cfg = input_pipeline.default_data_config(args.data)
+  if args.data_name:
+    cfg.name = args.data_name
+  if args.data_dir:
+    cfg.data_dir = args.data_dir
+  if args.split:
+    cfg.eval_split = args.split
+  cfg.num_threads = args.num_threads
+  return cfg
+
+
+def build_parser():
+  import argparse
+  p = argparse.ArgumentParser(
+      prog="python -m vgg_jax.evaluate",
+      description="Top-1/top-5 error under the paper's test protocols "
+      "(§3.2): centre, dense, multicrop, dense+multicrop; several scales; "
+      "ensembles of several models.")
+  p.add_argument("--model", action="append", default=[],
+                 help="a training workdir or an imported-weights directory; "
+                 "repeat for an ensemble")
+  p.add_argument("--arch", action="append", default=[],
+                 help="the net each --model must be (e.g. D); an error if "
+                 "the directory holds another")
+  p.add_argument("--from-posteriors", nargs="+", default=[],
+                 help="saved posteriors (.npz from --save-posteriors) to "
+                 "combine instead of evaluating models")
+  p.add_argument("--data", default="tfds",
+                 choices=("tfds", "folder", "fashion_mnist"))
+  p.add_argument("--data-name", default=None,
+                 help="TFDS name (default imagenet2012)")
+  p.add_argument("--data-dir", default=None,
+                 help="TFDS data_dir, or the folder root")
+  p.add_argument("--split", default=None, help="default: the eval split")
+  p.add_argument("--protocol", default="dense", choices=PROTOCOLS)
+  p.add_argument("--scales", default="paper",
+                 help="test scales Q, e.g. 256,384,512; 'paper' (default): "
+                 "{S-32,S,S+32} for fixed S, {S_min,mid,S_max} for jittered; "
+                 "'paper-single': Q=S, or the middle for jittered (Table 3)")
+  p.add_argument("--crop-size", type=int, default=None,
+                 help="the models' training crop (default: from the model)")
+  p.add_argument("--batch-size", type=int, default=8,
+                 help="images per device step")
+  p.add_argument("--bucket-step", type=int, default=32,
+                 help="dense canvases: sides rounded up to this multiple")
+  p.add_argument("--limit", type=int, default=None,
+                 help="only the first N examples of the split")
+  p.add_argument("--num-threads", type=int, default=8,
+                 help="decoding threads")
+  p.add_argument("--output", default="eval_results",
+                 help="folder for results.json, results.md, posteriors")
+  p.add_argument("--save-posteriors", action="store_true",
+                 help="write per-image posteriors (npz, with names) per model")
+  return p
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = build_parser().parse_args(argv)
+  protocol = args.protocol
+  parts = protocol_parts(protocol)
+  if bool(args.model) == bool(args.from_posteriors):
+    raise SystemExit("give --model DIR (one or more) or --from-posteriors "
+                     "FILE..., not both")
+  output = pathlib.Path(args.output)
+  results, scales_per_model = [], []
+  if args.from_posteriors:
+    for path in args.from_posteriors:
+      r = SplitPosteriors.load(path)
+      qs = (r.meta["scales"] if args.scales in ("paper", "paper-single", None)
+            else [int(v) for v in args.scales.split(",")])
+      results.append(r)
+      scales_per_model.append(qs)
+    split_desc = results[0].meta.get("split_desc", "?")
+    combine(results, protocol, scales_per_model)  # checks before reporting
+  else:
+    from vgg_jax import input_pipeline
+    if args.arch and len(args.arch) not in (1, len(args.model)):
+      raise SystemExit("give one --arch for all models or one per --model")
+    archs = (args.arch * len(args.model) if len(args.arch) == 1
+             else args.arch or [None] * len(args.model))
+    data_cfg = _data_config(args)
+    info = input_pipeline.dataset_info(data_cfg)
+    split = data_cfg.eval_split
+    split_desc = f"{args.data}:{data_cfg.name or data_cfg.data_dir}/{split}"
+    # Everything is loaded and checked before the first image is evaluated.
+    loaded = []
+    for path, arch in zip(args.model, archs):
+      m = load_model(path, expect_name=arch, crop_size=args.crop_size)
+      check_compatible(m, info, data_desc=split_desc)
+      qs = check_scales(_parse_scales(args.scales, m), m.crop_size,
+                        f"{path}")
+      loaded.append(m)
+      scales_per_model.append(qs)
+    for m, qs in zip(loaded, scales_per_model):
+      meta = {"path": m.path, "net": m.label, "train_scale": m.train_scale,
+              "model": m.metadata["model"], "split_desc": split_desc,
+              "crop_size": m.crop_size}
+      r = evaluate_model(m.model, data_cfg, convention=m.convention,
+                         scales=qs, protocol=protocol, split=split,
+                         crop_size=m.crop_size, batch_size=args.batch_size,
+                         bucket_step=args.bucket_step, limit=args.limit,
+                         meta=meta)
+      results.append(r)
+      if args.save_posteriors and jax.process_index() == 0:
+        r.save(output / f"posteriors_{len(results) - 1}_{m.label}.npz")
+  report = build_report(results, protocol, scales_per_model,
+                        split_desc=split_desc)
+  report["parts"] = list(parts)
+  if jax.process_index() == 0:
+    write_report(report, output)
+    print(report_markdown(report))
+    print(f"wrote {output / 'results.json'} and {output / 'results.md'}")
+  return report
+
+
+if __name__ == "__main__":
+  import sys
+  try:
+    main()
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    sys.exit(f"error: {e}")
