@@ -1,0 +1,143 @@
+"""The fields every experiment config has, with the paper's §3.1 defaults.
+
+Experiment files call ``base_config(...)``, change fields, and return
+``lock(config)``: a locked ConfigDict rejects a new field, so a typo in a
+config file or on the command line (``--config.lerning_rate=...``) is an
+error, not a silently ignored setting.
+
+Durations (big_vision's convention): ``total_*``, ``eval_every_*``,
+``checkpoint_every_*``, ``log_every_*`` and ``warmup_*`` are given in
+``_steps``, ``_epochs`` or ``_examples``; ``vgg_jax.train.duration_steps``
+converts, and when several are set the finest unit wins (steps, examples,
+epochs), so ``--config.total_steps=100`` overrides a file's
+``total_epochs``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from vgg_jax import input_pipeline
+
+# The paper's stages (§3.1): training scale and how a stage is initialised.
+STAGES = {
+    # S = 256 from scratch (A) or from a trained A (deeper nets).
+    "s256": dict(train_scale=256, eval_scale=256, lr=1e-2),
+    # S = 384 initialised from the S = 256 net, initial lr 1e-3.
+    "s384": dict(train_scale=384, eval_scale=384, lr=1e-3),
+    # Scale jittering S in [256, 512], fine-tuned from the S = 384 net; the
+    # single-scale test of Table 3 uses Q = 384.  (The paper does not give
+    # this stage's lr; we keep 1e-3, the fine-tuning lr of s384: a choice.)
+    "jitter": dict(train_scale=(256, 512), eval_scale=384, lr=1e-3),
+}
+STAGE_ALIASES = {"256": "s256", "384": "s384", "multi": "jitter",
+                 "256-512": "jitter", "jittered": "jitter", "": "s256"}
+
+
+def _int():
+  return config_dict.placeholder(int)
+
+
+def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      name="A",
+      width_mult=1.0,
+      fc_width=4096,
+      head_window=_int(),  # None: 7 for 224 crops (6 for AlexNet)
+      init="paper",  # "paper" N(0, 0.01) | "glorot" | "he" | "alexnet"
+      dropout_rate=0.5,
+      # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
+      dtype="float32",
+  ))
+  c.data = input_pipeline.default_data_config(data_source)
+  c.seed = 0
+  c.batch_size = 256  # global, over all devices of all hosts (§3.1)
+  c.eval_batch_size = 256
+
+  # Optimiser (§3.1): SGD, momentum 0.9, coupled L2 weight decay 5e-4.
+  c.optimizer = ml_collections.ConfigDict(dict(
+      momentum=0.9,
+      weight_decay=5e-4,
+      form="caffe",  # "caffe": v = mu v + lr (g + wd w) | "optax": lr after
+      decay_biases=True,  # Caffe decays every blob (decay_mult 1)
+  ))
+  c.lr = 1e-2
+  # "plateau": the paper's rule (÷10 when validation accuracy stops
+  # improving, at most `plateau.max_drops` times, then stop);
+  # "piecewise": ÷10 at `lr_boundaries_epochs`; "cosine".
+  c.lr_schedule = "plateau"
+  c.lr_boundaries_epochs = ()
+  c.lr_factor = 0.1
+  c.plateau = ml_collections.ConfigDict(dict(
+      patience=1,  # evaluations without improvement that make a plateau
+      min_delta=1e-3,  # improvement in top-1 accuracy that counts
+      max_drops=3,
+  ))
+  c.warmup_steps = _int()
+  c.warmup_epochs = config_dict.placeholder(float)
+  c.warmup_examples = _int()
+
+  # Durations.  The paper stopped after 370K iterations (74 epochs).
+  c.total_steps = _int()
+  c.total_epochs = config_dict.placeholder(float)
+  c.total_examples = _int()
+  c.eval_every_steps = _int()
+  c.eval_every_epochs = config_dict.placeholder(float)
+  c.eval_every_examples = _int()
+  c.checkpoint_every_steps = _int()
+  c.checkpoint_every_epochs = config_dict.placeholder(float)
+  c.checkpoint_every_examples = _int()
+  c.log_every_steps = _int()
+  c.log_every_epochs = config_dict.placeholder(float)
+  c.log_every_examples = _int()
+  c.total_epochs = 74.0
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_steps = 2000
+  c.log_every_steps = 100
+  c.keep_checkpoints = 3
+  # Stop (with a checkpoint) after this many steps of *this* invocation's
+  # run, as a preemption would; for tests and time-sliced jobs.
+  c.stop_after_steps = _int()
+  c.async_checkpoints = True
+
+  # Initialisation when the workdir has no checkpoint (§3.1):
+  # init_from: a pretrained dir (vgg_jax.weights) or another training
+  # workdir (its best checkpoint); every layer with the same name and shape
+  # is copied, the rest stays random (e.g. S=384 from S=256).
+  c.init_from = ""
+  # init_from_a: a trained net A (workdir or pretrained dir): the paper's
+  # surgery, A's first four conv layers and its three FC layers.
+  c.init_from_a = ""
+  c.stage = "s256"
+
+  # Mesh: devices per model replica for the FC kernels (1 = pure data
+  # parallelism; see vgg_jax/sharding.py).
+  c.mesh_model_axis = 1
+  c.shard_fc_kernels = False
+  return c
+
+
+def apply_stage(c: ml_collections.ConfigDict, stage: str) -> None:
+  """Sets scale, lr and initialisation of one of the paper's stages."""
+  stage = STAGE_ALIASES.get(stage, stage)
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; expected one of "
+                     f"{sorted(STAGES)} (or {sorted(STAGE_ALIASES)})")
+  s = STAGES[stage]
+  c.stage = stage
+  with c.data.ignore_type():  # an int S or an [S_min, S_max] pair
+    c.data.train_scale = s["train_scale"]
+  c.data.eval_scale = s["eval_scale"]
+  c.lr = s["lr"]
+  name = c.model.name
+  if stage == "s384":
+    c.init_from = f"workdirs/{name}_s256"
+  elif stage == "jitter":
+    c.init_from = f"workdirs/{name}_s384"
+
+
+def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c.lock()
+  return c

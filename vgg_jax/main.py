@@ -1,0 +1,84 @@
+"""Command line: ``python -m vgg_jax.main --config experiments/configE.py --workdir DIR``.
+
+Flags only; the work is ``vgg_jax.train.train_and_evaluate(config, workdir)``.
+
+* ``--config FILE[:ARG]``: an ml_collections config file (``ARG`` picks a
+  stage, e.g. ``experiments/configD.py:s384``); override any field with
+  ``--config.field=value`` (a misspelt field is an error: configs are
+  locked).
+* Several hosts (TPU pod, GPU cluster): ``jax.distributed.initialize()`` is
+  called when ``--multihost`` is given, or when the environment says so
+  (``JAX_COORDINATOR_ADDRESS``, a TPU pod's ``TPU_WORKER_HOSTNAMES`` with
+  several hosts, or SLURM with several tasks).  ``--coordinator_address``,
+  ``--num_processes`` and ``--process_id`` pass explicit values (e.g. for a
+  CPU test on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+# Config files import `experiments.common`: make the repository root
+# importable wherever the command is run from.
+_REPO_ROOT = pathlib.Path(__file__).absolute().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(_REPO_ROOT))
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (experiments/*.py[:stage]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
+                               "logs and metrics (created if needed).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", None, "Call jax.distributed.initialize(); default: "
+    "detected from the environment.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def multihost_requested(environ=os.environ) -> bool:
+  if _MULTIHOST.value is not None:
+    return _MULTIHOST.value
+  if _COORDINATOR.value or environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
+  if len([h for h in hosts.split(",") if h]) > 1:
+    return True
+  return int(environ.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  if multihost_requested():
+    if jax.default_backend() == "cpu" or os.environ.get(
+        "VGG_JAX_CPU_COLLECTIVES"):
+      pass
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    err = result.get("val_top1_error")
+    if err is not None:
+      print(f"final: step {result['step']}, validation top-1 accuracy "
+            f"{100 * (1 - err):.2f}% (top-1 error {100 * err:.2f}%, top-5 "
+            f"error {100 * result['val_top5_error']:.2f}%), stopped by "
+            f"{result['stopped_by']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
