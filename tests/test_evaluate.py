@@ -226,3 +226,96 @@ def test_command_dense_multicrop_ensemble_and_saved_posteriors(tmp_path):
   want1, want5 = _numpy_errors(dense_ens, labels)
   assert again["rows"][-1]["top1_error"] == pytest.approx(want1)
   assert again["rows"][-1]["top5_error"] == pytest.approx(want5)
+
+
+# --- Bad input: a clear error before any compute. ---
+
+def _no_compute(monkeypatch):
+  """Any evaluation attempt fails the test: errors must come first."""
+  def boom(*a, **k):
+    raise AssertionError("evaluation started before the input was checked")
+  monkeypatch.setattr(evaluate, "evaluate_model", boom)
+
+
+def test_bad_input_is_refused_before_compute(tmp_path, monkeypatch):
+  import json
+  _no_compute(monkeypatch)
+  _save_tiny(tmp_path / "a", 0)
+  base = ["--data", "fashion_mnist", "--output", str(tmp_path / "o")]
+  # A different net than asked.
+  with pytest.raises(ValueError, match="holds net 'A', but 'D' was asked"):
+    evaluate.main(["--model", str(tmp_path / "a"), "--arch", "vgg16",
+                   "--scales", "32"] + base)
+  # Scales under the training crop.
+  with pytest.raises(ValueError, match=r"\[24\] are smaller than .* 32x32"):
+    evaluate.main(["--model", str(tmp_path / "a"), "--scales", "24,32"]
+                  + base)
+  # Classes that do not match the dataset's: count, then names.
+  from vgg_jax import input_pipeline, weights
+  kw = dict(FASHION_TINY, num_classes=7)
+  weights.save_pretrained(
+      tmp_path / "c7", create_model("A", rngs=nnx.Rngs(0), **kw),
+      model_kwargs=dict(name="A", **kw), input_convention=conventions.PAPER,
+      source="t", extra={"crop_size": 32})
+  with pytest.raises(ValueError, match="predicts 7 classes but .* has 10"):
+    evaluate.main(["--model", str(tmp_path / "c7"), "--scales", "32"] + base)
+  names = list(input_pipeline.FASHION_MNIST_CLASSES)[::-1]
+  weights.save_pretrained(
+      tmp_path / "rev", create_model("A", rngs=nnx.Rngs(0), **FASHION_TINY),
+      model_kwargs=dict(name="A", **FASHION_TINY),
+      input_convention=conventions.PAPER, source="t", class_names=names,
+      extra={"crop_size": 32})
+  with pytest.raises(ValueError, match="class names differ"):
+    evaluate.main(["--model", str(tmp_path / "rev"), "--scales", "32"] + base)
+  # Weights without an input convention.
+  meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+  del meta["input_convention"]
+  (tmp_path / "a" / "metadata.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="input_convention"):
+    evaluate.main(["--model", str(tmp_path / "a"), "--scales", "32"] + base)
+  # Not a model directory at all.
+  with pytest.raises(FileNotFoundError, match="neither imported weights"):
+    evaluate.main(["--model", str(tmp_path), "--scales", "32"] + base)
+  # No recorded S and no --scales.
+  _save_tiny(tmp_path / "nos", 0, train_scale=None)
+  with pytest.raises(ValueError, match="pass --scales"):
+    evaluate.main(["--model", str(tmp_path / "nos")] + base)
+
+
+def test_paper_scales_and_crop_check():
+  assert evaluate.paper_scales(256) == [224, 256, 288]
+  assert evaluate.paper_scales(384) == [352, 384, 416]
+  assert evaluate.paper_scales([256, 512]) == [256, 384, 512]
+  assert evaluate.paper_scales([256, 512], single=True) == [384]
+  assert evaluate.paper_scales(256, single=True) == [256]
+  with pytest.raises(ValueError, match="smaller than"):
+    evaluate.check_scales([256, 200], 224)
+
+
+def test_undecodable_images_count_as_errors_by_name():
+  # Two of five images could not be decoded: they are listed, counted in the
+  # denominator, and never right, even if their label would have matched.
+  model = create_model("A", rngs=nnx.Rngs(1), **TINY)
+  images = _random_images([(224, 240)] * 5, seed=3)
+  exs = list(_stream(images))
+  for i in (1, 3):
+    exs[i] = dict(exs[i], image=np.zeros((1, 1, 3), np.uint8),
+                  decode_error="truncated JPEG", mask=0)
+  post, names, labels, failed = evaluate.scale_posteriors(
+      model, iter(exs), num_examples=5, convention=conventions.TORCHVISION,
+      parts=("centre",), batch_size=4)
+  assert failed == {"img1": "truncated JPEG", "img3": "truncated JPEG"}
+  assert np.isnan(post["centre"][[1, 3]]).all()
+  assert not np.isnan(post["centre"][[0, 2, 4]]).any()
+  err = evaluate.errors_of(post["centre"], labels)
+  assert err["num_examples"] == 5 and err["num_failed"] == 2
+  ok = post["centre"][[0, 2, 4]]
+  hits = (np.argmax(ok, axis=1) == 0).sum()
+  assert err["top1_error"] == pytest.approx(1 - hits / 5)
+  hits5 = sum(0 in np.argsort(-row)[:5] for row in ok)
+  assert err["top5_error"] == pytest.approx(1 - hits5 / 5)
+  # An example the stream never delivered is an error, not a smaller split.
+  with pytest.raises(RuntimeError, match=r"exactly once: missing positions \[2\]"):
+    evaluate.scale_posteriors(
+        model, iter([e for e in exs if e["index"] != 2]), num_examples=5,
+        convention=conventions.TORCHVISION, parts=("centre",), batch_size=4)
