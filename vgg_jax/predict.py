@@ -34,11 +34,16 @@ def class_names_of(metadata: dict, num_classes: int) -> list[str]:
   return [f"class {i}" for i in range(num_classes)]
 
 
-def read_image(path: str | pathlib.Path, scale: int) -> np.ndarray:
-  """Decoded and rescaled (shorter side = scale) uint8 RGB image."""
+def read_image(path: str | pathlib.Path, scale: int, channels: int = 3
+               ) -> np.ndarray:
+  """Decoded, rescaled (shorter side = scale) uint8 RGB (or grey) image."""
   data = pathlib.Path(path).read_bytes()
-  img = preprocess.decode_image(data, min_side=scale)
-  return preprocess.rescale_shorter_side(img, scale)
+  img = preprocess.rescale_shorter_side(
+      preprocess.decode_image(data, min_side=scale), scale)
+  if channels == 1:  # nets trained on grey images (Fashion-MNIST)
+    import cv2
+    img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
+  return img
 
 
 def predict(loaded: evaluate.LoadedModel, images: list[np.ndarray], *,
@@ -111,7 +116,7 @@ def main(argv=None) -> list[dict]:
   evaluate.check_scales([scale], loaded.crop_size, args.model)
   results = []
   for i, path in enumerate(args.images):
-    img = read_image(path, scale)
+    img = read_image(path, scale, loaded.model.in_channels)
     res = predict(loaded, [img], top=args.top)[0]
     res["image"] = str(path)
     print(f"{path} (dense, Q={scale}):")
