@@ -145,3 +145,20 @@ def test_pca_shift_formula_and_distribution():
   expected = 255**2 * eigvec @ np.diag((0.1 * eigval)**2) @ eigvec.T
   np.testing.assert_allclose(np.cov(shifts.T), expected, rtol=0.05,
                              atol=0.02 * expected.max())
+
+
+@pytest.mark.parametrize("conv", [conventions.PAPER, conventions.CAFFE,
+                                  conventions.TORCHVISION])
+def test_normalise_images_equals_input_convention(conv):
+  rng = np.random.default_rng(5)
+  images = rng.integers(0, 256, (4, 6, 7, 3), dtype=np.uint8)
+  shift = rng.normal(0, 10, (4, 3)).astype(np.float32)
+  ref = conv.normalise(images.astype(np.float32) + shift[:, None, None, :])
+  np.testing.assert_allclose(P.normalise_images(images, conv, shift), ref,
+                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(P.normalise_images(images[0], conv),
+                             conv.normalise(images[0]), rtol=1e-5, atol=1e-4)
+  grey = conventions.InputConvention("RGB", 1.0, (70.0,), (90.0,))
+  g = images[..., :1]
+  np.testing.assert_allclose(P.normalise_images(g, grey), grey.normalise(g),
+                             rtol=1e-5, atol=1e-5)

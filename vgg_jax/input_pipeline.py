@@ -22,8 +22,12 @@ give the same batch on every run and for any number of grain workers.
 ``get_state()``/``set_state()`` (JSON-serialisable dicts) make a resumed run see
 exactly the batches an uninterrupted one would; the iterator is a
 ``grain.DatasetIterator`` so orbax's ``grain.checkpoint.CheckpointSave`` works
-too.  Undecodable training images (truncated, zero bytes, not an image) are
-skipped, logged and counted: ``iterator.skipped``.
+too.  Batches are built whole inside grain's index-addressed stage, so they
+do not depend on the number of reader threads or worker processes either.
+Undecodable training images (truncated, zero bytes, not an image) are
+skipped, logged and counted (``iterator.skipped``); the slot is refilled
+with another example of the same batch, freshly augmented, so every batch
+has ``local_batch`` examples.
 
 Evaluation iterator (``create_eval_iterator``), batched (default):
 ``{"image": float32 (local_batch, ...), "label": int32, "mask": int32,
@@ -340,7 +344,8 @@ class _FashionMnistAugment:
     x = batch_random_crop_flip(self.images[idx], self.crop, self.pad,
                                self.flip, rng)
     x = _grey_to_channels(x, self.channels)
-    return {"image": self.convention.normalise(x), "label": self.labels[idx],
+    return {"image": preprocess.normalise_images(x, self.convention),
+            "label": self.labels[idx],
             "num_skipped": np.zeros(len(idx), np.int32)}
 
 
@@ -686,7 +691,8 @@ class _EvalExample:
             "index": int(index), "name": name, "decode_error": error}
 
   def finalise(self, batch: dict) -> dict:
-    batch["image"] = self.convention.normalise(batch["image"])
+    batch["image"] = preprocess.normalise_images(batch["image"],
+                                                 self.convention)
     return batch
 
 
@@ -877,10 +883,10 @@ def _image_source(data_cfg, split):
 
 
 class _TrainExample:
-  """Source index + rng -> one augmented uint8 crop (section 3.1).
+  """Source index + rng -> one augmented uint8 crop (section 3.1), or None
 
-  Randomness (S, crop position, flip, PCA alpha) comes only from the rng
-  grain derives from (seed, position in the shuffled, repeated stream).
+  if the image cannot be decoded.  Randomness (S, crop position, flip, PCA
+  alpha) comes only from ``rng``.
   """
 
   def __init__(self, data_cfg, source):
@@ -899,7 +905,7 @@ class _TrainExample:
       img, label, _ = self.source.get(index, min_side=s)
     except preprocess.DecodeError as e:
       log.warning("skipping training image: %s", e)
-      return {"ok": False}
+      return None
     img = preprocess.rescale_shorter_side(img, s)
     if self.pad:
       img = np.pad(img, [(self.pad, self.pad), (self.pad, self.pad), (0, 0)])
@@ -911,55 +917,47 @@ class _TrainExample:
                                           self.pca_std)
     else:
       shift = np.zeros(3, np.float32)
-    return {"ok": True, "image": np.ascontiguousarray(img),
-            "label": np.int32(label), "shift": shift}
+    return img, np.int32(label), shift
 
 
-class _SkipUndecodable(grain.IterDataset):
-  """Drops examples marked ``ok=False`` and tells the next kept example how
+class _TrainBatch:
+  """(batch number, source indices) -> a finished training batch.
 
-  many were dropped before it (``num_skipped``), so the count survives
-  batching and worker processes and reaches ``TrainIterator.skipped``.
+  Works on whole batches inside grain's MapDataset stage, so a batch depends
+  only on (seed, batch number): not on reader threads or worker processes,
+  and resuming is exact.  Example j of batch k draws its randomness from
+  ``default_rng([seed, k, j])``.  An undecodable image is skipped (logged,
+  counted in ``num_skipped``) and its slot refilled with another example of
+  the same batch, freshly augmented, so batches keep their size.
   """
 
-  def __iter__(self):
-    return _SkipUndecodableIterator(self._parent.__iter__())
-
-
-class _SkipUndecodableIterator(grain.DatasetIterator):
-
-  def __init__(self, parent):
-    super().__init__(parent)
-    self._pending = 0
-
-  def __next__(self):
-    while True:
-      ex = next(self._parent)
-      if ex.pop("ok"):
-        ex["num_skipped"] = np.int32(self._pending)
-        self._pending = 0
-        return ex
-      self._pending += 1
-
-  def get_state(self):
-    return {"parent": self._parent.get_state(), "pending": self._pending}
-
-  def set_state(self, state):
-    self._parent.set_state(state["parent"])
-    self._pending = int(state["pending"])
-
-
-class _TrainFinalise:
-  """Batch of uint8 crops -> float input: + PCA shift (RGB 0-255), normalise."""
-
-  def __init__(self, convention):
+  def __init__(self, data_cfg, source, convention, seed):
+    self.example = _TrainExample(data_cfg, source)
     self.convention = convention
+    self.seed = int(seed)
 
-  def __call__(self, batch):
-    x = batch["image"].astype(np.float32)
-    x += batch.pop("shift")[:, None, None, :]
-    batch["image"] = self.convention.normalise(x)
-    return batch
+  def __call__(self, batch_number: int, indices: np.ndarray) -> dict:
+    made = [self.example(int(i), np.random.default_rng(
+        [self.seed, batch_number, j])) for j, i in enumerate(indices)]
+    good = [j for j, m in enumerate(made) if m is not None]
+    if not good:
+      raise ValueError(
+          f"none of the {len(indices)} training images of batch "
+          f"{batch_number} could be decoded (indices {list(indices)[:8]}...): "
+          "is the dataset corrupt? `python -m vgg_jax.data prepare folder "
+          "--check` lists undecodable files")
+    skipped = np.zeros(len(indices), np.int32)
+    for n, j in enumerate(j for j, m in enumerate(made) if m is None):
+      donor = int(indices[good[n % len(good)]])
+      made[j] = self.example(donor, np.random.default_rng(
+          [self.seed, batch_number, j, 1]))
+      skipped[j] = 1
+    images = np.stack([m[0] for m in made])
+    shifts = np.stack([m[2] for m in made])
+    return {"image": preprocess.normalise_images(images, self.convention,
+                                                 shifts),
+            "label": np.asarray([m[1] for m in made], np.int32),
+            "num_skipped": skipped}
 
 
 def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
@@ -972,12 +970,10 @@ def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
                      f"{process_count} processes")
   ds = train_indices(len(source), seed=seed, process_index=process_index,
                      process_count=process_count, shuffle=data_cfg.shuffle)
-  ds = ds.random_map(_TrainExample(data_cfg, source),
-                     seed=_derived_seed(seed, 1))
-  ds = ds.to_iter_dataset(_read_options(data_cfg))
-  ds = _SkipUndecodable(ds)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.map(_TrainFinalise(convention))
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=np.asarray)
+  ds = ds.map_with_index(
+      _TrainBatch(data_cfg, source, convention, _derived_seed(seed, 1)))
+  return ds.to_iter_dataset(_read_options(data_cfg))
 
 
 def dataset_info(data_cfg) -> DatasetInfo:
