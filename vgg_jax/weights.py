@@ -665,8 +665,7 @@ def _expected_torch_shapes(spec, model_kwargs) -> dict[str, tuple[int, ...]]:
       dict(model_kwargs, name=spec.name)))))
   out = {}
   for key, (ours, role) in _torch_layout(spec).items():
-    if role == "ignore":  # num_batches_tracked: a scalar
-      out[key] = _Shape(())
+    if role == "ignore":  # num_batches_tracked: optional, see below
       continue
     s = tuple(shapes[ours].shape)
     if role == "conv":  # HWIO -> OIHW
@@ -718,6 +717,12 @@ def convert_torchvision(state: Mapping[str, np.ndarray], *,
   unless ``model`` names it.
   """
   requested = _resolve_name(model)
+  # BatchNorm's step counter is not a weight, and torchvision's hosted
+  # vgg*_bn files predate it (PyTorch 0.4.1): drop it where it sits beside
+  # a BN layer's running mean; anywhere else it is an unexpected tensor.
+  state = {k: v for k, v in state.items() if not (
+      k.endswith(".num_batches_tracked") and
+      k[:-len("num_batches_tracked")] + "running_mean" in state)}
   kwargs = _torch_model_kwargs(state, what)
   name = _pick_net(
       _IMPORTABLE,
@@ -726,9 +731,9 @@ def convert_torchvision(state: Mapping[str, np.ndarray], *,
   kwargs = dict(name=name, **kwargs)
   ours = {}
   for key, (path, role) in _torch_layout(_spec_for(name, kwargs)).items():
-    w = np.asarray(state[key])
     if role == "ignore":
       continue
+    w = np.asarray(state[key])
     if role == "conv":  # OIHW -> HWIO
       w = w.transpose(2, 3, 1, 0)
     elif role == "fc1":
