@@ -30,7 +30,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -375,8 +375,13 @@ def _fmt_time(seconds: float) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | os.PathLike) -> dict[str, Any]:
+                       workdir: str | os.PathLike, *,
+                       hooks: Sequence[Callable[[int], Any]] = ()
+                       ) -> dict[str, Any]:
   """Trains (or resumes) ``config`` in ``workdir``; returns final metrics.
+
+  ``hooks`` are called on the host after every step with the step number
+  (e.g. for profiling, or a test that sends SIGTERM mid-run).
 
   Returns a dict with "step", "val_top1_error", "val_top5_error" (last
   evaluation), "stopped_by" ("total_steps", "plateau", "preemption",
@@ -543,6 +548,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             {"image": batch["image"], "label": batch["label"]}, mesh)
         state, metrics = train_step(state, metrics, batch)
         step += 1
+        for hook in hooks:
+          hook(step)
 
         if step % log_every == 0 or step == total_steps:
           m = jax.device_get(metrics)

@@ -1,0 +1,191 @@
+"""train_and_evaluate: exact resume, SIGTERM, NaN stop, config errors.
+
+Tiny nets (net A at 1/16 width, FC 32, 32x32 Fashion-MNIST), a few steps.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from vgg_jax import checkpointing
+from vgg_jax import train
+
+REPO = pathlib.Path(__file__).absolute().parents[1]
+sys.path.insert(0, str(REPO))
+from experiments import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def tiny_config(**overrides):
+  c = common.base_config("fashion_mnist")
+  c.model.name = "A"
+  c.model.width_mult = 1 / 16
+  c.model.fc_width = 32
+  c.model.head_window = 1
+  c.model.init = "he"
+  c.batch_size = 16
+  c.eval_batch_size = 1000
+  c.lr = 0.02
+  # A schedule with a warm-up and a drop inside the run, so that resuming
+  # must restore the update count as well as the momentum.
+  c.lr_schedule = "piecewise"
+  c.warmup_steps = 2
+  c.lr_boundaries_epochs = (7 / 3750,)  # step 7 (3750 steps per epoch)
+  c.total_epochs = None
+  c.total_steps = 10
+  c.eval_every_epochs = None
+  c.eval_every_steps = 5
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = None
+  c.async_checkpoints = True
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return common.lock(c)
+
+
+def params_of(workdir, step=None):
+  model, meta = checkpointing.load_model_from_workdir(workdir, step=step)
+  return {"/".join(map(str, k)): np.asarray(v.get_value())
+          for k, v in nnx.to_flat_state(nnx.state(model))}, meta
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  result = train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, result
+
+
+def test_runs_and_writes_what_the_user_sees(uninterrupted):
+  workdir, result = uninterrupted
+  assert result["step"] == 10 and result["stopped_by"] == "total_steps"
+  assert 0.0 <= result["val_top1_error"] <= 1.0
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
+  kinds = {l["kind"] for l in lines}
+  assert {"train", "eval", "final"} <= kinds
+  evals = [l for l in lines if l["kind"] == "eval"]
+  assert [e["step"] for e in evals] == [5, 10]
+  assert all(e["val_examples"] == 10000 for e in evals)  # every test image
+  train_lines = [l for l in lines if l["kind"] == "train"]
+  # The lr of each logged step's update: warm-up 0.01 -> 0.02 over two
+  # steps, then x0.1 from the 8th update (step index 7) on.
+  lrs = [l["lr"] for l in train_lines]
+  np.testing.assert_allclose(lrs, [0.01] + [0.02] * 6 + [0.002] * 3,
+                             rtol=1e-6)
+  log = (workdir / "log_host0.txt").read_text()
+  assert "training from scratch" in log
+  assert "img/s" in log and "ETA" in log
+  assert json.loads((workdir / "config.json").read_text())["batch_size"] == 16
+  assert any((workdir / "tensorboard").iterdir())
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_parameters(
+    uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  first = train.train_and_evaluate(tiny_config(stop_after_steps=3), tmp_path)
+  assert first["step"] == 3 and first["stopped_by"] == "stop_after_steps"
+  second = train.train_and_evaluate(tiny_config(), tmp_path)
+  assert second["step"] == 10
+  assert "resuming from the workdir's checkpoint at step 3" in (
+      tmp_path / "log_host0.txt").read_text()
+  want, _ = params_of(workdir, step=10)
+  got, _ = params_of(tmp_path, step=10)
+  assert want.keys() == got.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert second["val_top1_error"] == pytest.approx(
+      uninterrupted[1]["val_top1_error"], abs=0)
+
+
+def test_sigterm_saves_and_exits_then_resumes_exactly(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+
+  def preempt_at_6(step):
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = train.train_and_evaluate(tiny_config(), tmp_path,
+                                   hooks=[preempt_at_6])
+  assert first["stopped_by"] == "preemption" and first["step"] == 6
+  assert checkpointing.Checkpointer(
+      tmp_path, read_only=True).latest_step() == 6
+  train.train_and_evaluate(tiny_config(), tmp_path)
+  want, _ = params_of(workdir, step=10)
+  got, _ = params_of(tmp_path, step=10)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_load_model_from_workdir_metadata_and_best(uninterrupted):
+  workdir, _ = uninterrupted
+  model, meta = checkpointing.load_model_from_workdir(workdir, best=True)
+  assert meta["model"]["name"] == "A" and meta["model"]["num_classes"] == 10
+  assert meta["class_names"][0] == "T-shirt/top"
+  assert set(meta["input_convention"]) == {"channel_order", "scale", "mean",
+                                           "std"}
+  evals = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
+  evals = [e for e in evals if e["kind"] == "eval"]
+  best = max(evals, key=lambda e: e["val_top1"])
+  assert meta["step"] == best["step"]
+  x = np.zeros((2, 32, 32, 1), np.float32)
+  assert model(x).shape == (2, 10)
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path):
+  config = tiny_config(lr=1e12, lr_schedule="plateau", warmup_steps=0,
+                       log_every_steps=1, checkpoint_every_steps=1,
+                       eval_every_steps=100, total_steps=20)
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    train.train_and_evaluate(config, tmp_path)
+  ckpt = checkpointing.Checkpointer(tmp_path, read_only=True)
+  last = ckpt.latest_step()
+  ckpt.close()
+  if last is not None:  # the last good checkpoint is finite
+    params, _ = params_of(tmp_path, step=last)
+    assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_workdir_with_a_different_config_is_an_error(uninterrupted):
+  workdir, _ = uninterrupted
+  with pytest.raises(ValueError, match=r"different config[\s\S]*model.width_mult"):
+    train.train_and_evaluate(tiny_config(**{"model.width_mult": 0.25}),
+                             workdir)
+
+
+def test_config_typo_is_an_error(tmp_path):
+  c = tiny_config()
+  with pytest.raises(AttributeError):
+    c.lerning_rate = 0.1  # configs are locked
+  # On the command line: a clear error, nothing computed, no workdir made.
+  proc = subprocess.run(
+      [sys.executable, "-m", "vgg_jax.main",
+       f"--config={REPO / 'experiments' / 'fashion_mnist.py'}",
+       f"--workdir={tmp_path / 'wd'}", "--config.bach_size=64"],
+      capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.returncode != 0
+  assert "bach_size" in proc.stderr
+  assert not (tmp_path / "wd").exists()
+
+
+def test_duration_units():
+  c = tiny_config(total_steps=None, total_epochs=2.0)
+  assert train.duration_steps(c, "total", steps_per_epoch=100,
+                              batch_size=16) == 200
+  c = tiny_config(total_steps=None, total_epochs=None, total_examples=1600)
+  assert train.duration_steps(c, "total", steps_per_epoch=100,
+                              batch_size=16) == 100
+  # The finest unit wins, so a command-line `total_steps` overrides epochs.
+  c = tiny_config(total_steps=7, total_epochs=2.0)
+  assert train.duration_steps(c, "total", steps_per_epoch=100,
+                              batch_size=16) == 7
