@@ -99,7 +99,9 @@ def test_bucketed_dense_equals_each_image_alone(name):
       bn = getattr(model, layer)
       bn.mean[...] = bn.mean[...] + 0.3
       bn.var[...] = bn.var[...] * 2.0
-  sizes = [(224, 291), (301, 224), (224, 224), (229, 256), (227, 254)]
+  # Buckets of 64: (256, 320), (320, 256), and (256, 256) shared by two
+  # images of different sizes.
+  sizes = [(224, 291), (301, 224), (229, 256), (227, 254)]
   images = _random_images(sizes)
   # BGR and a scale: the device-side normalisation is exercised too.
   convention = conventions.InputConvention("BGR", 1 / 255, (0.4, 0.45, 0.5),
@@ -107,7 +109,7 @@ def test_bucketed_dense_equals_each_image_alone(name):
   post, names, labels, failed = evaluate.scale_posteriors(
       model, _stream(images), num_examples=len(images),
       convention=convention, parts=("dense",), batch_size=2, bucket_step=64)
-  assert not failed and list(names) == [f"img{i}" for i in range(5)]
+  assert not failed and list(names) == [f"img{i}" for i in range(4)]
   want = np.stack([_alone_dense(model, convention, img) for img in images])
   np.testing.assert_allclose(post["dense"], want, atol=1e-5, rtol=0)
   # The posteriors are not all alike (the test could fail).
@@ -319,3 +321,118 @@ def test_undecodable_images_count_as_errors_by_name():
     evaluate.scale_posteriors(
         model, iter([e for e in exs if e["index"] != 2]), num_examples=5,
         convention=conventions.TORCHVISION, parts=("centre",), batch_size=4)
+
+
+# --- Every example once on several devices and several processes. ---
+
+_WORKER = r'''
+import json, os, sys
+import numpy as np
+import jax
+pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if nproc > 1:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid)
+from flax import nnx
+from vgg_jax import conventions, evaluate
+from vgg_jax.models import create_model
+model = create_model("A", rngs=nnx.Rngs(1), width_mult=0.125, fc_width=64,
+                     num_classes=10, init="he")
+rng = np.random.default_rng(0)
+sizes = [(224, 240), (240, 224)] * 3 + [(224, 240)]
+images = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]
+labels = [int(v) for v in rng.integers(0, 10, len(images))]
+n = len(images)
+
+def stream():  # what create_eval_iterator(batch=False) yields to process pid
+  for j in range(-(-n // nproc)):
+    g = j * nproc + pid
+    if g >= n:
+      yield {"image": np.zeros((1, 1, 3), np.uint8), "label": -1, "index": -1,
+             "name": "", "mask": 0, "decode_error": ""}
+    elif g == 4:
+      yield {"image": np.zeros((1, 1, 3), np.uint8), "label": labels[g],
+             "index": g, "name": f"img{g}", "mask": 0,
+             "decode_error": "truncated"}
+    else:
+      yield {"image": images[g], "label": labels[g], "index": g,
+             "name": f"img{g}", "mask": 1, "decode_error": ""}
+
+post, names, labs, failed = evaluate.scale_posteriors(
+    model, stream(), num_examples=n, convention=conventions.TORCHVISION,
+    parts=("dense", "centre"), batch_size=3, bucket_step=32)
+# evaluate_classifier: global batches of 4 over the processes, padded.
+crops = np.stack([conventions.TORCHVISION.normalise(im[:224, :224])
+                  for im in images])
+local = 4 // nproc
+batches = []
+for k in range(2):
+  sl = slice(k * 4 + pid * local, k * 4 + (pid + 1) * local)
+  img = np.zeros((local, 224, 224, 3), np.float32)
+  lab = np.zeros((local,), np.int32)
+  got = crops[sl]
+  img[:len(got)] = got
+  lab[:len(got)] = labels[sl]
+  mask = (np.arange(local) < len(got)).astype(np.int32)
+  batches.append({"image": img, "label": lab, "mask": mask})
+res = evaluate.evaluate_classifier(model, batches, mesh=evaluate.default_mesh())
+if pid == 0:
+  np.savez(out, dense=post["dense"], centre=post["centre"], names=names,
+           labels=labs, failed=json.dumps(failed), res=json.dumps(res),
+           devices=jax.device_count())
+'''
+
+
+def test_every_example_once_on_several_devices_and_processes(tmp_path):
+  import json
+  import os
+  import socket
+  import subprocess
+  import sys
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(nproc, devices):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = tmp_path / f"out_{nproc}_{devices}.npz"
+    procs = [subprocess.Popen([sys.executable, str(script), str(p), str(nproc),
+                               str(port), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for p in range(nproc)]
+    for p in procs:
+      text = p.communicate(timeout=240)[0].decode()
+      assert p.returncode == 0, text[-3000:]
+    return np.load(out)
+
+  many = run(2, 2)  # 2 processes x 2 devices: one global mesh of 4
+  assert int(many["devices"]) == 4
+  assert list(many["names"]) == [f"img{i}" for i in range(7)]
+  # Reference: one process, one device, image by image (same weights).
+  model = create_model("A", rngs=nnx.Rngs(1), **TINY)
+  rng = np.random.default_rng(0)
+  sizes = [(224, 240), (240, 224)] * 3 + [(224, 240)]
+  images = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]
+  labels = rng.integers(0, 10, len(images))
+  np.testing.assert_array_equal(many["labels"], labels)
+  tv = conventions.TORCHVISION
+  dense = np.stack([_alone_dense(model, tv, im) for im in images])
+  crops = np.stack([tv.normalise(im[:224, :224]) for im in images])
+  logits = np.asarray(model(crops))
+  centre_crops = np.stack([tv.normalise(im[(im.shape[0] - 224) // 2:][:224, (
+      im.shape[1] - 224) // 2:][:, :224]) for im in images])
+  centre = _softmax(np.asarray(model(centre_crops)))
+  ok = np.arange(7) != 4  # image 4 could not be decoded
+  np.testing.assert_allclose(many["dense"][ok], dense[ok], atol=1e-5)
+  np.testing.assert_allclose(many["centre"][ok], centre[ok], atol=1e-5)
+  assert np.isnan(many["dense"][4]).all() and np.isnan(many["centre"][4]).all()
+  assert json.loads(str(many["failed"])) == {"img4": "truncated"}
+  res = json.loads(str(many["res"]))
+  want1, want5 = _numpy_errors(logits, labels)
+  assert res["num_examples"] == 7
+  assert res["top1_error"] == pytest.approx(want1)
+  assert res["top5_error"] == pytest.approx(want5)
