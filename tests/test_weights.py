@@ -67,6 +67,7 @@ def _assert_logits_close(ours, ref, rtol=1e-3):
   scale = np.abs(ref).max()
   assert scale > 0
   err = np.abs(ours - ref).max() / scale
+  print(f"max |ours - ref| / max |ref| = {err:.2e}")  # shown with -s
   assert err < rtol, f"max |ours - ref| / max |ref| = {err:.2e}"
   # The ranking a user sees is the same too.
   np.testing.assert_array_equal(np.argsort(-ours, -1)[:, :5],
@@ -369,7 +370,7 @@ def test_small_keras_nets_in_each_layout_match_keras(tmp_path, net, layout):
 # ---------------------------------------------------------------------------
 
 
-def test_wrong_fc1_flattening_order_changes_the_logits(tmp_path):
+def test_wrong_fc1_flattening_order_changes_the_logits():
   sd = _torch_state_dict("A", head_window=2, seed=5, **SMALL)
   photos = _photos(SMALL_SIZE)
   ref = _torch_forward(sd, "A", photos, width_mult=SMALL["width_mult"])
@@ -384,6 +385,29 @@ def test_wrong_fc1_flattening_order_changes_the_logits(tmp_path):
   x = jnp.asarray(conventions.TORCHVISION.normalise(photos))
   _assert_logits_close(np.asarray(right(x)), ref)
   err = np.abs(np.asarray(wrong(x)) - ref).max() / np.abs(ref).max()
+  print(f"wrong FC1 order: max |wrong - ref| / max |ref| = {err:.2e}")
+  assert err > 0.05, f"the wrong order went unnoticed ({err:.2e})"
+
+
+def test_wrong_fc1_order_is_visible_to_the_keras_comparison():
+  keras_model = _keras_small_vgg("D", SMALL_SIZE)
+  _randomise_keras(keras_model, seed=6)
+  from keras.applications import vgg16
+  photos = _photos(SMALL_SIZE)
+  ref = np.asarray(keras_model.predict(
+      vgg16.preprocess_input(photos.astype(np.float32)), verbose=0))
+  layers = {l.name: l.get_weights() for l in keras_model.layers
+            if l.get_weights()}
+  kwargs, flat = weights.convert_keras(layers)
+  x = jnp.asarray(conventions.CAFFE.normalise(photos))
+  _assert_logits_close(np.asarray(weights.model_from_flat(kwargs, flat)(x)),
+                       ref)
+  # The bug the other way round: Keras' (H, W, C) rows read as (C, H, W).
+  k = layers["fc1"][0]
+  h = kwargs["head_window"]
+  wrong = k.reshape(-1, h, h, k.shape[1]).transpose(1, 2, 0, 3)
+  model = weights.model_from_flat(kwargs, dict(flat, **{"fc1/kernel": wrong}))
+  err = np.abs(np.asarray(model(x)) - ref).max() / np.abs(ref).max()
   assert err > 0.05, f"the wrong order went unnoticed ({err:.2e})"
 
 
@@ -438,7 +462,8 @@ def test_file_of_another_net(tmp_path, small_vgg11_pth, capsys):
   _import_fails(tmp_path, "torchvision", small_vgg11_pth[1], "--model",
                 "vgg16", match=["Expected net D (13 conv layers)",
                                 "The file matches A",
-                                "missing tensors: features.10.bias"],
+                                "missing tensors: features.2.bias, "
+                                "features.2.weight, features.5.bias"],
                 capsys=capsys)
 
 

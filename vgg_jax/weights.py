@@ -35,12 +35,14 @@ import math
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import sys
 import tempfile
 import zipfile
 from typing import Any, Callable, Iterable, Mapping
 
+import jax
 import numpy as np
 
 from vgg_jax import conventions
@@ -115,10 +117,10 @@ def _compare_shapes(expected: Mapping[str, Any], found: Mapping[str, Any],
 
   ``expected`` and ``found`` are flat {path: array-like with .shape}.
   """
-  missing = sorted(set(expected) - set(found))
-  extra = sorted(set(found) - set(expected))
+  missing = sorted(set(expected) - set(found), key=_natural)
+  extra = sorted(set(found) - set(expected), key=_natural)
   bad = [(k, tuple(expected[k].shape), tuple(found[k].shape))
-         for k in sorted(set(expected) & set(found))
+         for k in sorted(set(expected) & set(found), key=_natural)
          if tuple(expected[k].shape) != tuple(found[k].shape)]
   if not (missing or extra or bad):
     return
@@ -132,6 +134,11 @@ def _compare_shapes(expected: Mapping[str, Any], found: Mapping[str, Any],
   if len(bad) > 20:
     lines.append(f"  ... and {len(bad) - 20} more mis-shaped tensors")
   raise WeightsError("\n".join(lines))
+
+
+def _natural(key: str):
+  """Sort key putting features.2 before features.10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 def _short_list(items: list[str], n: int = 12) -> str:
@@ -167,6 +174,20 @@ def _commit_output(tmp: pathlib.Path, output_dir: pathlib.Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _checkpointer():
+  """An orbax checkpointer that involves this process only.
+
+  A pretrained directory is written and read by whichever process calls
+  save/load_pretrained (the import command, one host exporting, every host
+  loading its own copy), so no cross-host barriers.
+  """
+  import orbax.checkpoint as ocp
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}))
+
+
 def save_pretrained(output_dir: str | os.PathLike, model, *,
                     model_kwargs: Mapping[str, Any],
                     input_convention: InputConvention, source: str,
@@ -189,7 +210,6 @@ def save_pretrained(output_dir: str | os.PathLike, model, *,
   Returns:
     The output directory.
   """
-  import orbax.checkpoint as ocp
   output_dir = pathlib.Path(output_dir).absolute()
   model_kwargs = _check_model_kwargs(model_kwargs)
   if not isinstance(input_convention, InputConvention):
@@ -217,9 +237,12 @@ def save_pretrained(output_dir: str | os.PathLike, model, *,
     metadata[k] = v
   text = json.dumps(metadata, indent=2)  # fails before anything is written
 
+  # Host copies: the save is then a plain file operation of this process,
+  # also for params replicated over a multi-host mesh.
+  state = jax.tree.map(np.asarray, state)
   tmp = _prepare_output(output_dir, overwrite)
   try:
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
       ckptr.save(tmp / PARAMS_DIR, state)
       ckptr.wait_until_finished()
     (tmp / METADATA_FILE).write_text(text + "\n")
@@ -284,7 +307,6 @@ def load_pretrained(path: str | os.PathLike, *, dtype: Any = None):
     ``(model, metadata)``; ``input_convention_of(metadata)`` gives the
     InputConvention.
   """
-  import orbax.checkpoint as ocp
   from flax import nnx
   path = pathlib.Path(path).absolute()
   metadata = read_metadata(path)
@@ -297,8 +319,12 @@ def load_pretrained(path: str | os.PathLike, *, dtype: Any = None):
     raise WeightsError(f"{path / METADATA_FILE}: cannot build the model "
                        f"{metadata['model']}: {e}") from e
   abstract_state = _weight_state(model)
-  target = _pure(abstract_state)
-  with ocp.StandardCheckpointer() as ckptr:
+  # Restored onto this process's first device; callers shard or replicate.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+      _pure(abstract_state))
+  with _checkpointer() as ckptr:
     try:
       stored = ckptr.metadata(params_dir).item_metadata
     except Exception as e:  # orbax raises several types for a broken dir
