@@ -3,8 +3,9 @@
     python benchmarks/input_pipeline.py [--seconds 4] [--out benchmarks/results/input_pipeline.json]
 
 Everything runs pinned to ONE core (sched_setaffinity, TF with one intra-op,
-one inter-op and one tf.data thread), so the numbers are per core; a
-machine with k free cores runs k grain workers.
+one inter-op and one tf.data thread) and rates are images per CPU-second of
+the process (all threads), i.e. per core, and robust to other programs
+sharing the machine; a machine with k free cores runs k grain workers.
 
 Images: photo-sized JPEGs (quality 90) made from the photos scikit-image and
 scikit-learn ship, at 500x375 (ImageNet's typical size), 640x427 and
@@ -15,7 +16,9 @@ scikit-learn ship, at 500x375 (ImageNet's typical size), 640x427 and
 - eval (paper 3.2): decode, rescale to Q=256, central 224 crop, minus mean;
 - "grain pipeline": our full training iterator (grain, batching, skip
   counting) reading the JPEGs from a class folder, in the main thread;
-- Fashion-MNIST: our vectorised in-memory training batches (32x32 crops).
+- Fashion-MNIST: our vectorised in-memory training batches (32x32 crops);
+- decode only: simplejpeg.decode_jpeg vs tf.io.decode_jpeg at full size
+  (both are libjpeg-turbo): the floor under both pipelines.
 
 tf.data's resize is bilinear without anti-aliasing (its default and its
 fastest); ours uses area interpolation when shrinking (anti-aliased) and
@@ -67,15 +70,22 @@ def make_jpegs(size, count=32):
   return out
 
 
+def cpu_seconds():
+  # CPU time of this process (all its threads): images per CPU-second is
+  # images/s per core, and unlike wall time it is not diluted when other
+  # programs share the machine.
+  return time.process_time()
+
+
 def rate(fn, items, seconds):
-  """Images/s of fn over items, cycling for about ``seconds``."""
+  """Items per CPU-second of fn over items, cycling for ~``seconds``."""
   fn(items[0])  # warm-up
-  n, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
+  n, t0, w0 = 0, cpu_seconds(), time.perf_counter()
+  while time.perf_counter() - w0 < seconds:
     for it in items:
       fn(it)
     n += len(items)
-  return n / (time.perf_counter() - t0)
+  return n / (cpu_seconds() - t0)
 
 
 class _BytesSource:
@@ -121,8 +131,10 @@ def ours(jpegs, seconds, batch=16):
     exs = [eval_example(i) for i in idx]
     return eval_example.finalise({"image": np.stack([e["image"] for e in exs])})
 
+  import simplejpeg  # pylint: disable=g-import-not-at-top
   return (rate(train, groups, seconds) * batch,
-          rate(evaluate, groups, seconds) * batch)
+          rate(evaluate, groups, seconds) * batch,
+          rate(simplejpeg.decode_jpeg, jpegs, seconds / 2))
 
 
 def tf_data(jpegs, seconds):
@@ -159,15 +171,10 @@ def tf_data(jpegs, seconds):
     ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat().map(
         fn, num_parallel_calls=1).with_options(options)
     it = iter(ds)
-    next(it)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-      for _ in range(len(jpegs)):
-        next(it).numpy()
-      n += len(jpegs)
-    return n / (time.perf_counter() - t0)
+    return rate(lambda _: next(it).numpy(), [None] * len(jpegs), seconds)
 
-  return run(train), run(evaluate)
+  return (run(train), run(evaluate),
+          run(lambda data: tf.io.decode_jpeg(data, channels=3)))
 
 
 def grain_pipeline(jpegs, seconds):
@@ -210,26 +217,30 @@ def main():
   rows = []
   for size in SIZES:
     jpegs = make_jpegs(size)
-    o_train, o_eval = ours(jpegs, args.seconds)
-    t_train, t_eval = tf_data(jpegs, args.seconds)
+    o_train, o_eval, o_decode = ours(jpegs, args.seconds)
+    t_train, t_eval, t_decode = tf_data(jpegs, args.seconds)
     rows.append({"size": f"{size[0]}x{size[1]}",
                  "ours_train": o_train, "tf_data_train": t_train,
-                 "ours_eval": o_eval, "tf_data_eval": t_eval})
+                 "ours_eval": o_eval, "tf_data_eval": t_eval,
+                 "decode_only_simplejpeg": o_decode,
+                 "decode_only_tf": t_decode})
   grain_rate = grain_pipeline(make_jpegs(SIZES[0]), args.seconds)
   try:
     fmnist = fashion_mnist(args.seconds)
   except FileNotFoundError:
     fmnist = None
-  print(f"images/s on one core ({platform.processor() or platform.machine()}, "
+  print(f"images per CPU-second, one core ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores on the machine)")
   print(f"{'JPEG size':>10} | {'train ours':>10} {'tf.data':>8} {'x':>5} | "
-        f"{'eval ours':>10} {'tf.data':>8} {'x':>5}")
+        f"{'eval ours':>10} {'tf.data':>8} {'x':>5} | "
+        f"{'decode only: simplejpeg':>23} {'tf':>6}")
   for r in rows:
     r["train_speedup"] = r["ours_train"] / r["tf_data_train"]
     r["eval_speedup"] = r["ours_eval"] / r["tf_data_eval"]
     print(f"{r['size']:>10} | {r['ours_train']:10.0f} {r['tf_data_train']:8.0f} "
           f"{r['train_speedup']:5.2f} | {r['ours_eval']:10.0f} "
-          f"{r['tf_data_eval']:8.0f} {r['eval_speedup']:5.2f}")
+          f"{r['tf_data_eval']:8.0f} {r['eval_speedup']:5.2f} | "
+          f"{r['decode_only_simplejpeg']:23.0f} {r['decode_only_tf']:6.0f}")
   print(f"full grain training iterator, 500x375 JPEGs from a folder: "
         f"{grain_rate:.0f} images/s")
   if fmnist:

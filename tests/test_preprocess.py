@@ -36,14 +36,14 @@ def test_decode_jpeg_matches_pillow(photo):
 def test_decode_dct_downscale_keeps_min_side(photo):
   data = F.jpeg_bytes(photo)  # 872 x 1000
   small = P.decode_image(data, min_side=224)
-  # libjpeg-turbo scales by k/8 in the DCT domain: the smallest k keeping both
-  # sides >= 224 is 3 (ceil(872 * 3 / 8) = 327); k = 2 would give 218.
-  assert small.shape == (327, 375, 3)
+  # 1/2 keeps the shorter side >= 224; 1/4 (218 x 250) would not.
+  assert small.shape == (436, 500, 3)
+  assert P.decode_image(data, min_side=200).shape == (218, 250, 3)
   assert min(P.decode_image(data, min_side=300).shape[:2]) >= 300
-  assert P.decode_image(data, min_side=900).shape == photo.shape
-  # The DCT-domain decode looks like an area-filtered downscale of the photo.
-  ref = np.asarray(Image.fromarray(photo).resize((375, 327), Image.BOX), float)
-  assert np.abs(small.astype(float) - ref).mean() < 4.0
+  assert P.decode_image(data, min_side=500).shape == photo.shape
+  # The DCT-domain 1/2 decode looks like a 2x2 box downscale of the photo.
+  box = photo.reshape(436, 2, 500, 2, 3).mean((1, 3))
+  assert np.abs(small.astype(float) - box).mean() < 4.0
 
 
 def test_decode_cmyk_grey_png_to_rgb(photo):

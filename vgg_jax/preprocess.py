@@ -13,14 +13,16 @@ Evaluation (section 3.2): ``rescale_shorter_side`` to Q, then the whole image
 (dense), ``center_crop`` or ``grid_crops`` (the 5x5 multi-crop grid).
 
 Choices (see docs/data.md):
-- Resizing: OpenCV ``INTER_AREA`` when shrinking (an anti-aliased box filter:
-  what a photo downscale should be) and ``INTER_LINEAR`` when enlarging
-  (bilinear; the paper does not say; enlarging only happens to images whose
-  shorter side is below S or Q).
+- Resizing (the paper does not say): OpenCV ``INTER_AREA`` (an anti-aliased
+  box filter) when shrinking by 2x or more, ``INTER_LINEAR`` (bilinear) when
+  shrinking by less than 2x or enlarging.  INTER_AREA at non-integer factors
+  costs ~7x bilinear, and below 2x bilinear aliases little; JPEGs reach the
+  resize already DCT-downscaled to within 2x of the target.
 - JPEG decoding with simplejpeg (libjpeg-turbo); when the caller says how
   small the image may get (``min_side``), libjpeg-turbo decodes directly at a
-  1/2, 1/4 or 1/8 scale in the DCT domain, keeping both sides >= min_side,
-  which is several times faster for photos much larger than S.
+  1/2, 1/4 or 1/8 scale in the DCT domain, keeping the shorter side
+  >= min_side, which is faster for photos at least twice S; the remaining
+  factor (< 2) is done by ``rescale_shorter_side``.
 - PCA colour shift in RGB 0-255 space, before mean subtraction: see
   ``pca_color_shift``.
 """
@@ -65,8 +67,8 @@ def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
   """Encoded image bytes -> uint8 (H, W, 3) RGB.
 
   JPEGs go through simplejpeg.  With ``min_side`` the decoder may shrink the
-  image in the DCT domain (by 1/2, 1/4 or 1/8) as long as both sides stay
-  >= ``min_side``, so a later ``rescale_shorter_side(img, S)`` with
+  image in the DCT domain (by 1/2, 1/4 or 1/8) as long as the shorter side
+  stays >= ``min_side``, so a later ``rescale_shorter_side(img, S)`` with
   S <= min_side sees enough pixels.  CMYK JPEGs (which libjpeg-turbo cannot
   convert to RGB), PNGs or other formats (including a PNG named .JPEG) go
   through Pillow.  Grayscale becomes 3 equal channels.
@@ -82,10 +84,13 @@ def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
     try:
       kwargs = {}
       h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-      # Only when a factor >= 2 is possible: libjpeg-turbo's k/8 scales
-      # between 1/2 and 1 decode slower than the full image.
-      if min_side and min(h, w) >= 2 * int(min_side):
-        kwargs = dict(min_height=int(min_side), min_width=int(min_side))
+      # Scale by 1/8, 1/4 or 1/2 (the largest that keeps the shorter side
+      # >= min_side).  libjpeg-turbo's other k/8 scales are slower than
+      # these (3/8 is slower than 1/2; 5/8-7/8 slower than a full decode).
+      for d in (8, 4, 2):
+        if min_side and min(h, w) // d >= int(min_side):
+          kwargs = dict(min_height=-(-h // d), min_width=-(-w // d))
+          break
       if colorspace not in ("CMYK", "YCCK"):
         img = simplejpeg.decode_jpeg(data, colorspace="RGB", **kwargs)
         return img
