@@ -54,9 +54,9 @@ SMALL = dict(width_mult=0.125, fc_width=64, num_classes=10)
 SMALL_SIZE = 64
 
 
-def _photos(size):
-  """Two real photos (RGB uint8), resized to size x size."""
-  imgs = [skimage.data.astronaut(), skimage.data.coffee()]
+def _photos(size, count=2):
+  """Real photos (RGB uint8), resized to size x size."""
+  imgs = [skimage.data.astronaut(), skimage.data.coffee()][:count]
   return np.stack([np.asarray(Image.fromarray(i).resize(
       (size, size), Image.BILINEAR)) for i in imgs])
 
@@ -172,7 +172,7 @@ def test_full_size_torchvision_vgg11_matches_functional_reference(tmp_path):
                                    fc_width=4096, head_window=7,
                                    in_channels=3)
   assert weights.input_convention_of(metadata) == conventions.TORCHVISION
-  photos = _photos(224)
+  photos = _photos(224, count=1)  # one full-size forward per side
   ref = _torch_forward(sd, "A", photos)
   del sd
   ours = _our_logits(model, metadata, photos)
@@ -321,7 +321,7 @@ def test_full_size_keras_vgg16_matches_keras(tmp_path):
   _randomise_keras(ref_model, seed=3)
   path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
   _write_published_h5(ref_model, path)
-  photos = _photos(224)
+  photos = _photos(224, count=1)  # one full-size forward per side
   ref = np.asarray(ref_model.predict(
       vgg16.preprocess_input(photos.astype(np.float32)), verbose=0))
   del ref_model

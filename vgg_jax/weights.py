@@ -18,8 +18,10 @@ remembering it.
 
 Importers (SPEC section 9; the command is in ``main`` below)::
 
-    python -m vgg_jax.weights --from keras --input vgg16_weights_tf_dim_ordering_tf_kernels.h5 --output DIR
-    python -m vgg_jax.weights --from torchvision --input vgg16-397923af.pth --output DIR
+    python -m vgg_jax.weights --from keras \
+        --input vgg16_weights_tf_dim_ordering_tf_kernels.h5 --output DIR
+    python -m vgg_jax.weights --from torchvision \
+        --input vgg16-397923af.pth --output DIR
 
 The FC1 flattening order is the classic silent bug: Keras flattens an NHWC
 map, so its fc1 rows are in (H, W, C) order; torchvision flattens NCHW, so
@@ -302,7 +304,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: Any = None):
   Args:
     path: the directory.
     dtype: compute dtype of the rebuilt model (e.g. jnp.bfloat16); the
-      weights keep their stored dtype.
+      weights are restored in the nets' parameter dtype, float32.
   Returns:
     ``(model, metadata)``; ``input_convention_of(metadata)`` gives the
     InputConvention.
@@ -332,7 +334,11 @@ def load_pretrained(path: str | os.PathLike, *, dtype: Any = None):
                          f"{e}") from e
     _compare_shapes(_flatten(target), _flatten(dict(stored)),
                     f"the tensors in {params_dir}")
-    restored = ckptr.restore(params_dir, target)
+    try:
+      restored = ckptr.restore(params_dir, target)
+    except Exception as e:  # e.g. a chunk file missing or cut short
+      raise WeightsError(f"cannot read the arrays in {params_dir} (damaged "
+                         f"checkpoint?): {type(e).__name__}: {e}") from e
   nnx.replace_by_pure_dict(abstract_state, restored)
   nnx.update(model, abstract_state)
   return model, metadata
@@ -383,6 +389,10 @@ class _TensorRef:
     if data is None:
       raise WeightsError(f"tensor {name}: its storage {storage.key!r} has no "
                          "data in the file (truncated or corrupt file?)")
+    if len(self.size) != len(self.stride) or any(
+        n < 0 for n in self.size + self.stride):
+      raise WeightsError(f"tensor {name}: bad shape {self.size} or strides "
+                         f"{self.stride} (corrupt file?)")
     start = view_offset + self.offset
     last = start + sum((n - 1) * s for n, s in zip(self.size, self.stride))
     if any(n == 0 for n in self.size):
@@ -629,15 +639,16 @@ def _pick_net(candidates: Iterable[str], expected_for: Callable[[str], dict],
     except WeightsError as e:
       return len(set(expected) ^ set(found)) + 1, e
     return 0, None
+  candidates = list(candidates)
   results = {n: mismatch(n) for n in candidates}
   matches = [n for n, (score, _) in results.items() if score == 0]
   if requested is not None:
-    score, err = mismatch(requested)
+    score, err = results.get(requested) or mismatch(requested)
     if score == 0:
       return requested
     hint = f" The file matches {matches[0]}." if matches else ""
-    raise WeightsError(f"{err}\nExpected net {requested} ({_describe(requested)})"
-                       f".{hint}")
+    raise WeightsError(f"{err}\nExpected net {requested} "
+                       f"({_describe(requested)}).{hint}")
   if matches:
     return matches[0]
   scored = sorted((s, n) for n, (s, _) in results.items() if s is not None)
@@ -667,13 +678,13 @@ def _torch_layout(spec) -> dict[str, tuple[str, str]]:
   layout, i = {}, 0
   for c in spec.convs:
     layout[f"features.{i}.weight"] = (f"{c.name}/kernel", "conv")
-    layout[f"features.{i}.bias"] = (f"{c.name}/bias", "bias")
+    layout[f"features.{i}.bias"] = (f"{c.name}/bias", "copy")
     i += 1
     if spec.batch_norm:
       bn = c.name.replace("conv", "bn")
       for theirs, ours in (("weight", "scale"), ("bias", "bias"),
                            ("running_mean", "mean"), ("running_var", "var")):
-        layout[f"features.{i}.{theirs}"] = (f"{bn}/{ours}", "bias")
+        layout[f"features.{i}.{theirs}"] = (f"{bn}/{ours}", "copy")
       layout[f"features.{i}.num_batches_tracked"] = ("", "ignore")
       i += 1
     i += 1  # ReLU
@@ -681,12 +692,12 @@ def _torch_layout(spec) -> dict[str, tuple[str, str]]:
       i += 1
   for idx, name in ((0, "fc1"), (3, "fc2"), (6, "fc3")):
     layout[f"classifier.{idx}.weight"] = (f"{name}/kernel", name)
-    layout[f"classifier.{idx}.bias"] = (f"{name}/bias", "bias")
+    layout[f"classifier.{idx}.bias"] = (f"{name}/bias", "copy")
   return layout
 
 
-def _expected_torch_shapes(spec, model_kwargs) -> dict[str, tuple[int, ...]]:
-  """torchvision's shapes for ``spec``: the inverse of ``convert_torchvision``."""
+def _expected_torch_shapes(spec, model_kwargs) -> dict[str, "_Shape"]:
+  """torchvision's tensor shapes for ``spec`` (inverse of the conversion)."""
   shapes = _flatten(_pure(_weight_state(_abstract_model(
       dict(model_kwargs, name=spec.name)))))
   out = {}
