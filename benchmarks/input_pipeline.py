@@ -127,9 +127,10 @@ def ours(jpegs, seconds, batch=16):
   def train(idx):
     return train_batch(next(step), np.asarray(idx))["image"]
 
+  batcher = ip._EvalBatcher(conv)  # pylint: disable=protected-access
+
   def evaluate(idx):
-    exs = [eval_example(i) for i in idx]
-    return eval_example.finalise({"image": np.stack([e["image"] for e in exs])})
+    return batcher([eval_example(i) for i in idx])["image"]
 
   import simplejpeg  # pylint: disable=g-import-not-at-top
   return (rate(train, groups, seconds) * batch,

@@ -162,3 +162,22 @@ def test_normalise_images_equals_input_convention(conv):
   g = images[..., :1]
   np.testing.assert_allclose(P.normalise_images(g, grey), grey.normalise(g),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [conventions.PAPER, conventions.CAFFE,
+                                  conventions.TORCHVISION])
+def test_normalise_into_equals_input_convention(conv):
+  rng = np.random.default_rng(6)
+  big = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  out = np.zeros((2, 8, 9, 3), np.float32)
+  shift = np.float32([3.5, -7.25, 1.0])
+  for crop in (big[3:11, 4:13], P.horizontal_flip(big[3:11, 4:13]),
+               big[3:11, 4:13][:, ::-1]):
+    P.normalise_into(out[1], crop, conv, shift)
+    np.testing.assert_allclose(out[1], conv.normalise(crop + shift),
+                               rtol=1e-5, atol=1e-4)
+  assert np.all(out[0] == 0)  # only the given slot written
+  grey = conventions.InputConvention("RGB", 1.0, (70.0,), (90.0,))
+  g = np.zeros((8, 9, 1), np.float32)
+  P.normalise_into(g, big[3:11, 4:13, :1], grey)
+  np.testing.assert_allclose(g, grey.normalise(big[3:11, 4:13, :1]), atol=1e-5)

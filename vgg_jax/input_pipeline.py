@@ -579,8 +579,7 @@ def create_eval_iterator(data_cfg, *, split: str | None = None,
   def make_iter():
     ds = grain.MapDataset.range(num_batches * local_batch).map(example_fn)
     if batch:
-      ds = ds.batch(local_batch, batch_fn=_stack_eval)
-      ds = ds.map(example_fn.finalise)
+      ds = ds.batch(local_batch, batch_fn=_EvalBatcher(input_convention))
     ds = ds.to_iter_dataset(_read_options(data_cfg))
     ds = _maybe_mp(ds, data_cfg)
     return EvalIterator(iter(ds), num_batches=num_batches, num_examples=n,
@@ -589,15 +588,28 @@ def create_eval_iterator(data_cfg, *, split: str | None = None,
   return _EvalIterable(make_iter, num_batches, n)
 
 
-def _stack_eval(items: Sequence[dict]) -> dict:
-  out = {}
-  for k in items[0]:
-    vals = [it[k] for it in items]
-    if k in ("name", "reason"):
-      out[k] = np.asarray(vals, dtype=object)
-    else:
-      out[k] = np.stack(vals)
-  return out
+class _EvalBatcher:
+  """Stacks evaluation examples and normalises the images (batch_fn)."""
+
+  def __init__(self, convention):
+    self.convention = convention
+
+  def __call__(self, items: Sequence[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+      vals = [it[k] for it in items]
+      if k in ("name", "reason"):
+        out[k] = np.asarray(vals, dtype=object)
+      elif k == "image" and vals[0].ndim == 3:
+        images = np.empty((len(vals),) + vals[0].shape, np.float32)
+        for j, v in enumerate(vals):
+          preprocess.normalise_into(images[j], v, self.convention)
+        out[k] = images
+      elif k == "image":
+        out[k] = preprocess.normalise_images(np.stack(vals), self.convention)
+      else:
+        out[k] = np.stack(vals)
+    return out
 
 
 class _FashionMnistEvalSource:
@@ -690,10 +702,6 @@ class _EvalExample:
     return {"image": img, "label": int(label), "mask": int(mask),
             "index": int(index), "name": name, "decode_error": error}
 
-  def finalise(self, batch: dict) -> dict:
-    batch["image"] = preprocess.normalise_images(batch["image"],
-                                                 self.convention)
-    return batch
 
 
 # ----------------------------------------------------------------------------
@@ -952,10 +960,10 @@ class _TrainBatch:
       made[j] = self.example(donor, np.random.default_rng(
           [self.seed, batch_number, j, 1]))
       skipped[j] = 1
-    images = np.stack([m[0] for m in made])
-    shifts = np.stack([m[2] for m in made])
-    return {"image": preprocess.normalise_images(images, self.convention,
-                                                 shifts),
+    images = np.empty((len(made),) + made[0][0].shape, np.float32)
+    for j, (img, _, shift) in enumerate(made):
+      preprocess.normalise_into(images[j], img, self.convention, shift)
+    return {"image": images,
             "label": np.asarray([m[1] for m in made], np.int32),
             "num_skipped": skipped}
 

@@ -161,8 +161,19 @@ def random_crop(img: np.ndarray, size: int,
 
 
 def horizontal_flip(img: np.ndarray) -> np.ndarray:
-  """Mirror left-right (axis -2 of a channels-last image or batch)."""
-  return img[..., :, ::-1, :]
+  """Mirror left-right (axis -2 of a channels-last image or batch).
+
+  Returns a contiguous copy made by OpenCV: copying numpy's reversed view
+  later (np.stack, astype) is ~30x slower than cv2.flip.
+  """
+  if img.ndim < 3 or img.shape[-1] > 4:
+    return np.ascontiguousarray(img[..., :, ::-1, :])
+  w, c = img.shape[-2:]
+  if img.ndim == 3 and img.strides[1:] == (c * img.itemsize, img.itemsize):
+    out = cv2.flip(img, 1)  # a crop view (positive strides) is fine as is
+  else:
+    out = cv2.flip(np.ascontiguousarray(img).reshape(-1, w, c), 1)
+  return out.reshape(img.shape)
 
 
 def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
@@ -234,10 +245,48 @@ def normalise_images(images: np.ndarray, convention, rgb_shift=None) -> np.ndarr
   b = -mean / std
   n = int(np.prod(lead)) if lead else 1
   x = images.reshape(n, h, w * c).astype(np.float32)
-  x *= np.tile(a, w)
+  if np.any(a != 1):
+    x *= np.tile(a, w)
   if rgb_shift is None:
     x += np.tile(b, w)
   else:
     offs = np.asarray(rgb_shift, np.float32).reshape(-1, c) * a + b  # (n|1, c)
     x += np.tile(offs, (1, w))[:, None, :]
   return x.reshape(images.shape)
+
+
+def normalise_into(out: np.ndarray, image: np.ndarray, convention,
+                   rgb_shift=None) -> None:
+  """``out[...] = convention.normalise(image + rgb_shift)`` for one image.
+
+  ``image``: uint8 (H, W, C) RGB, any view with positive strides (e.g. a
+  crop); ``out``: a contiguous float32 (H, W, C) slot (e.g. ``batch[j]``).
+  One OpenCV pass (uint8 -> float32 minus a per-channel value) replaces
+  crop copy, stacking, conversion and offset, about 4x cheaper.
+  """
+  h, w, c = image.shape
+  if c not in (1, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
+    out[...] = normalise_images(image, convention, rgb_shift)
+    return
+  scale = np.float32(convention.scale)
+  mean = np.broadcast_to(np.asarray(convention.mean, np.float32), (c,))
+  std = np.broadcast_to(np.asarray(convention.std, np.float32), (c,))
+  shift = (np.zeros(c, np.float32) if rgb_shift is None
+           else np.asarray(rgb_shift, np.float32).reshape(c))
+  if convention.channel_order == "BGR" and c == 3:
+    image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    shift = shift[::-1]
+  elif image.strides[1] != c or image.strides[2] != 1:
+    image = np.ascontiguousarray(image)
+  # ((x + shift) * scale - mean) / std = (x - (mean / scale - shift)) * a
+  value = mean / scale - shift
+  if c == 1:
+    cv2.subtract(image.reshape(h, w), float(value[0]),
+                 dst=out.reshape(h, w), dtype=cv2.CV_32F)
+  else:
+    cv2.subtract(image, tuple(float(v) for v in value) + (0.0,), dst=out,
+                 dtype=cv2.CV_32F)
+  a = scale / std
+  if np.any(a != 1):
+    flat = out.reshape(h, w * c)
+    flat *= np.tile(a, w)
