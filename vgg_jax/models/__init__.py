@@ -37,7 +37,7 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
                  head_window: int | None = None, init: str | None = None,
                  in_channels: int = 3, dtype: Any = None,
                  param_dtype: Any = jnp.float32,
-                 dropout_rate: float = 0.5) -> VGG:
+                 dropout_rate: float = 0.5, conv_impl: str = "auto") -> VGG:
   """Build a net by name ('A' ... 'E', 'A-LRN', 'B-shallow', '*-BN', 'alexnet').
 
   Args:
@@ -52,6 +52,9 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
     init: 'paper' (N(0, 0.01)), 'glorot', 'he' or 'alexnet'; defaults to
       'alexnet' for AlexNet and 'paper' otherwise.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay param_dtype.
+    conv_impl: 'xla' (lax.conv), 'im2col' (patches x matrix, faster on
+      CPUs) or 'auto' (im2col on CPU, xla elsewhere).  Same weights, same
+      results; only speed and memory differ (models/conv.py).
   """
   spec = net_spec(name, width_mult=width_mult, fc_width=fc_width,
                   head_window=head_window)
@@ -61,7 +64,7 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
     raise ValueError(f"num_classes must be >= 1, got {num_classes}")
   return VGG(spec, num_classes=num_classes, in_channels=in_channels, init=init,
              dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
-             rngs=rngs)
+             conv_impl=conv_impl, rngs=rngs)
 
 
 def abstract_model(name: str, **kwargs) -> VGG:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vgg_jax.models import conv as conv_lib
 from vgg_jax.models import init as init_lib
 from vgg_jax.models.lrn import local_response_norm
 from vgg_jax.models.table import NetSpec
@@ -36,7 +37,8 @@ class VGG(nnx.Module):
   def __init__(self, spec: NetSpec, *, num_classes: int = 1000,
                in_channels: int = 3, init: str = "paper",
                dtype: Any = None, param_dtype: Any = jnp.float32,
-               dropout_rate: float = 0.5, rngs: nnx.Rngs):
+               dropout_rate: float = 0.5, conv_impl: str = "auto",
+               rngs: nnx.Rngs):
     if init not in init_lib.INIT_SCHEMES:
       raise ValueError(f"unknown init scheme {init!r}; expected one of "
                        f"{init_lib.INIT_SCHEMES}")
@@ -44,6 +46,11 @@ class VGG(nnx.Module):
     self.num_classes = num_classes
     self.in_channels = in_channels
     self.dtype = dtype
+    # Same weights and numbers either way; see models/conv.py for why CPUs
+    # get the patches-times-matrix schedule.
+    self.conv_impl = conv_lib.resolve_conv_impl(conv_impl)
+    conv_fn = (conv_lib.conv_general_dilated if self.conv_impl == "im2col"
+               else jax.lax.conv_general_dilated)
     c_in = in_channels
     for c in spec.convs:
       padding = c.padding if isinstance(c.padding, str) else (
@@ -52,7 +59,8 @@ class VGG(nnx.Module):
           c_in, c.features, (c.kernel, c.kernel), strides=c.stride,
           padding=padding, dtype=dtype, param_dtype=param_dtype,
           kernel_init=init_lib.kernel_init(init, head=False),
-          bias_init=init_lib.bias_init(init, c.name), rngs=rngs))
+          bias_init=init_lib.bias_init(init, c.name),
+          conv_general_dilated=conv_fn, rngs=rngs))
       if spec.batch_norm:
         # torchvision's BatchNorm2d: momentum 0.1 (0.9 here), eps 1e-5.
         setattr(self, self._bn_name(c.name), nnx.BatchNorm(
@@ -67,7 +75,8 @@ class VGG(nnx.Module):
           fin, fout, (k, k), padding="VALID", dtype=dtype,
           param_dtype=param_dtype,
           kernel_init=init_lib.kernel_init(init, head=True),
-          bias_init=init_lib.bias_init(init, name), rngs=rngs))
+          bias_init=init_lib.bias_init(init, name),
+          conv_general_dilated=conv_fn, rngs=rngs))
     self.dropout = nnx.Dropout(dropout_rate)
 
   @staticmethod
