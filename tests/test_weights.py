@@ -219,6 +219,10 @@ def test_restricted_pth_reader_agrees_with_torch_load(tmp_path):
     for k, v in theirs.items():
       assert ours[k].dtype == v.numpy().dtype
       np.testing.assert_array_equal(ours[k], v.numpy())
+  # A training checkpoint that wraps the state dict is unwrapped.
+  torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "ckpt.pth")
+  ours = weights.read_torch_state_dict(tmp_path / "ckpt.pth")
+  np.testing.assert_array_equal(ours["strided"], sd["strided"].numpy())
 
 
 class _RunsCode:
