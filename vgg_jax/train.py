@@ -180,7 +180,9 @@ def train_step_fn(graphdef, tx: optax.GradientTransformation, *, seed: int):
     dropout_key = jax.random.fold_in(jax.random.key(seed), step)
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["rest"])
+      # Fresh Variables at this trace level, so BatchNorm may update them.
+      rest = jax.tree_util.tree_map(lambda x: x, state["rest"])
+      model = nnx.merge(graphdef, params, rest)
       logits = model(batch["image"], train=True,
                      rngs=nnx.Rngs(dropout=dropout_key))
       loss = optax.softmax_cross_entropy_with_integer_labels(
