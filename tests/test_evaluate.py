@@ -436,3 +436,47 @@ def test_every_example_once_on_several_devices_and_processes(tmp_path):
   assert res["num_examples"] == 7
   assert res["top1_error"] == pytest.approx(want1)
   assert res["top5_error"] == pytest.approx(want5)
+
+
+def test_command_on_an_image_folder_lists_undecodable_images(tmp_path):
+  # The real pipeline: JPEGs of every aspect ratio in class folders, plus a
+  # truncated and an empty file (as ImageNet's own folders can hold).
+  import json
+  import data_fixtures
+  from vgg_jax import weights
+  root = tmp_path / "data"
+  classes = ["cat", "dog"]
+  data_fixtures.make_image_folder(root, classes, 1, split="train")
+  files = data_fixtures.make_image_folder(root, classes, 2,
+                                          split="validation", nasty=True)
+  kw = dict(name="A", width_mult=0.125, fc_width=32, num_classes=2)
+  model = create_model(rngs=nnx.Rngs(0), init="he", **kw)
+  weights.save_pretrained(tmp_path / "m", model, model_kwargs=kw,
+                          input_convention=conventions.TORCHVISION,
+                          source="t", class_names=classes,
+                          extra={"train_scale": 224})
+  report = evaluate.main([
+      "--model", str(tmp_path / "m"), "--data", "folder", "--data-dir",
+      str(root), "--split", "validation", "--protocol", "dense",
+      "--scales", "paper-single", "--batch-size", "4",
+      # One big bucket: every image on a 448x448 canvas, one compilation.
+      "--bucket-step", "448", "--output",
+      str(tmp_path / "out"), "--save-posteriors"])
+  assert report["num_examples"] == len(files) == 10
+  assert report["num_failed"] == 2 and report["num_evaluated"] == 8
+  failed = {f["name"] for f in report["failed"]}
+  assert len(failed) == 2 and all("truncated" in f or "empty" in f
+                                  for f in failed)
+  saved = evaluate.SplitPosteriors.load(tmp_path / "out" /
+                                        "posteriors_0_A.npz")
+  post = saved.posteriors["dense@224"]
+  assert np.isnan(post).any(axis=1).sum() == 2
+  labels = saved.labels
+  ok = ~np.isnan(post).any(axis=1)
+  want_top1 = 1 - (np.argmax(post[ok], 1) == labels[ok]).sum() / 10
+  assert report["rows"][0]["top1_error"] == pytest.approx(want_top1)
+  assert report["rows"][0]["top5_error"] == pytest.approx(0.2)  # 2 classes
+  on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert on_disk["num_failed"] == 2
+  assert "could not be decoded" in (tmp_path / "out" / "results.md"
+                                    ).read_text()

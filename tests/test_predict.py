@@ -66,3 +66,20 @@ def test_scale_below_the_crop_is_refused(tmp_path):
   with pytest.raises(ValueError, match="smaller than .* 224x224"):
     predict.main(["nothing.jpg", "--model", str(tmp_path / "w"),
                   "--scale", "200"])
+
+
+def test_heatmap_values_sit_at_their_window_centres():
+  # Position (1, 2) of a 3x4 score map is the window with top-left corner
+  # (32, 64), centred at (32 + 112, 64 + 112) in a 320x352 image.
+  heat = np.zeros((3, 4), np.float32)
+  heat[1, 2] = 1.0
+  img = np.zeros((320, 352, 3), np.uint8)
+  drawn = predict.overlay(img, heat, stride=32, window=224, alpha=1.0)
+  hot = drawn[144, 176]
+  cold = drawn[112, 112]  # centre of window (0, 0)
+  assert hot[0] > 100 and hot[2] < 50  # JET: 1 -> red
+  assert cold[2] > 100 and cold[0] < 50  # JET: 0 -> blue
+  # The border no window is centred on takes the nearest value.
+  np.testing.assert_array_equal(drawn[0, 0], cold)
+  from vgg_jax.models import net_spec
+  assert predict.map_stride(net_spec("D")) == 32

@@ -368,9 +368,17 @@ class _Runner:
       return jnp.asarray(x)
     return jax.device_put(x, self.sharding)
 
-  def pad(self, x: np.ndarray, n: int) -> np.ndarray:
-    """Pads the leading axis to n (and to a multiple of the devices)."""
-    n = _round_up(max(n, len(x)), self.multiple)
+  def pad(self, x: np.ndarray, batch: int) -> np.ndarray:
+    """Pads the leading axis to a compiled batch size.
+
+    A full batch stays; a partial one (a bucket's last) is padded to the
+    next power of two (at most ``batch``), so padding wastes little compute
+    and each shape compiles at most log2(batch) + 1 programs.  Sizes are
+    multiples of the local devices.
+    """
+    m = len(x)
+    n = batch if m >= batch else min(batch, 1 << max(0, (m - 1).bit_length()))
+    n = _round_up(max(n, m), self.multiple)
     if len(x) == n:
       return x
     return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])

@@ -9,8 +9,8 @@ score map averaged, soft-max, averaged with the flipped image's.  Class
 names come from the model's metadata, else (1000 classes) from the ImageNet
 list that ships with TFDS.  ``--heatmap`` writes the soft-max of the class
 score map for the top class (one value per score-map position; each
-position sees a 224x224 window of the rescaled image, 32 px apart) blended
-over the image, with OpenCV.
+position sees a 224x224 window of the rescaled image, 32 px apart),
+painted at those windows' centres and blended over the image, with OpenCV.
 """
 
 from __future__ import annotations
@@ -72,14 +72,35 @@ def score_heatmap(loaded: evaluate.LoadedModel, img: np.ndarray,
   return np.asarray(jax.nn.softmax(scores, axis=-1)[0, ..., class_index])
 
 
-def overlay(img: np.ndarray, heat: np.ndarray, alpha: float = 0.5
-            ) -> np.ndarray:
-  """The heat map (0..1) stretched over the image as a JET colour blend."""
+def map_stride(spec) -> int:
+  """Input pixels between neighbouring score-map positions (32 for VGG)."""
+  stride = 1
+  for c in spec.convs:
+    stride *= c.stride * (spec.pool_stride if c.pool_after else 1)
+  return stride
+
+
+def overlay(img: np.ndarray, heat: np.ndarray, *, stride: int = 32,
+            window: int = 224, alpha: float = 0.5) -> np.ndarray:
+  """The heat map (0..1) drawn over the image as a JET colour blend.
+
+  Position (i, j) of the score map is the net applied to the window whose
+  top-left corner is (stride*i, stride*j); its value is painted on the
+  stride x stride block around that window's centre, blocks in between
+  interpolated, and the border (less than half a window from the edge,
+  which no window is centred on) takes the nearest value.
+  """
   import cv2
   h, w = img.shape[:2]
-  heat = cv2.resize(heat.astype(np.float32), (w, h),
-                    interpolation=cv2.INTER_LINEAR)
-  colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8),
+  hm, wm = heat.shape
+  block = cv2.resize(heat.astype(np.float32), (wm * stride, hm * stride),
+                     interpolation=cv2.INTER_LINEAR)
+  off = max(0, window // 2 - stride // 2)
+  bottom = max(0, h - off - block.shape[0])
+  right = max(0, w - off - block.shape[1])
+  full = cv2.copyMakeBorder(block, off, bottom, off, right,
+                            cv2.BORDER_REPLICATE)[:h, :w]
+  colour = cv2.applyColorMap(np.clip(full * 255, 0, 255).astype(np.uint8),
                              cv2.COLORMAP_JET)[..., ::-1]  # BGR -> RGB
   base = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
   return (alpha * colour + (1 - alpha) * base).astype(np.uint8)
@@ -127,7 +148,8 @@ def main(argv=None) -> list[dict]:
       if len(args.images) > 1:
         out = out.with_name(f"{out.stem}_{i}{out.suffix}")
       heat = score_heatmap(loaded, img, res["top"][0][0])
-      write_png(out, overlay(img, heat))
+      write_png(out, overlay(img, heat, stride=map_stride(loaded.model.spec),
+                             window=loaded.crop_size))
       res["heatmap"] = str(out)
       print(f"  heat map of '{res['top'][0][1]}' -> {out}")
     results.append(res)
