@@ -523,6 +523,16 @@ def test_keras_notop_file(tmp_path, capsys):
                 capsys=capsys)
 
 
+def test_keras_file_of_another_net(tmp_path, capsys):
+  path = tmp_path / "vgg16_small.h5"
+  _write_published_h5(_keras_small_vgg("D", SMALL_SIZE), path)
+  _import_fails(tmp_path, "keras", path, "--model", "vgg19", match=[
+      "Expected net E (16 conv layers). The file matches D.",
+      "missing tensors: block3_conv4/bias"], capsys=capsys)
+  _import_fails(tmp_path, "keras", path, "--model", "vgg16_bn",
+                match="no BatchNorm", capsys=capsys)
+
+
 def test_wrong_source_for_the_file(tmp_path, small_vgg11_pth, capsys):
   _import_fails(tmp_path, "keras", small_vgg11_pth[1],
                 match="as HDF5", capsys=capsys)
