@@ -141,3 +141,25 @@ def apply_stage(c: ml_collections.ConfigDict, stage: str) -> None:
 def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.lock()
   return c
+
+
+def vgg_config(net: str, arg: str | None, *, stages=("s256", "s384", "jitter"),
+               from_a: bool = True) -> ml_collections.ConfigDict:
+  """The paper's ImageNet recipe (§3.1) for ``net`` at a stage of ``stages``.
+
+  ``arg`` is the text after ``:`` in ``--config file.py:ARG`` (a stage name:
+  s256, s384, jitter; or 256, 384, 256-512).  At s256 a net deeper than A
+  starts from a trained A (``init_from_a=workdirs/A_s256``) when ``from_a``;
+  ``--config.init_from_a= --config.model.init=glorot`` trains it from
+  scratch the post-submission way.
+  """
+  c = base_config("tfds")
+  c.model.name = net
+  stage = STAGE_ALIASES.get(arg or "", arg or "")
+  if stage not in stages:
+    raise ValueError(f"net {net}: the paper trains it at stages {stages}, "
+                     f"not {arg!r}")
+  apply_stage(c, stage)
+  if stage == "s256" and from_a and net != "A":
+    c.init_from_a = "workdirs/A_s256"
+  return c

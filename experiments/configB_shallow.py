@@ -1,0 +1,39 @@
+"""The §4.1 shallow control: B with each pair of 3x3 convs replaced by one
+5x5 conv.  The paper reports its centre-crop top-1 error 7% higher than B's
+(it is trained from scratch here, so ``init_from_a`` is off).
+
+Commands (ImageNet prepared as TFDS ArrayRecord, ``python -m vgg_jax.data
+prepare imagenet2012``; any number of devices/hosts):
+
+    python -m vgg_jax.main --config experiments/configB_shallow.py --workdir workdirs/B-shallow_s256
+
+Paper, Table 3 (ILSVRC-2012 val, single test scale, dense evaluation),
+top-1 / top-5 error %:
+
+    | train S   | Q   | top-1        | top-5 |
+    |-----------|-----|--------------|-------|
+    | 256       | 256 | B + 7 (§4.1) | -    |
+
+The training-time evaluation here is the centre crop at Q (every one of the
+50,000 validation images counted once), a little worse than dense
+evaluation; run ``python -m vgg_jax.evaluate`` on the final workdir for the
+paper's protocol.
+
+Cost: 9.356 GMACs per 224 image forward, about 56 GFLOP per
+training image (forward + backward); the paper's 370K iterations x 256 =
+94.7M images = 5.32e+18 FLOP, about 5 accelerator-hours at a
+sustained 300 TFLOP/s (bf16: ``--config.model.dtype=bfloat16``; e.g. a TPU
+v5p-8 slice or 8 H100s in about 0.6 h of compute, if the input
+pipeline keeps up: 5,344 decoded, augmented
+images/s per accelerator).  The paper: 2-3
+weeks per net on 4 Titan Black GPUs.  The fine-tuning stages cost the same
+per image (training crops stay 224x224) and stop by the plateau rule.
+"""
+
+from experiments import common
+
+
+def get_config(arg: str | None = None):
+  c = common.vgg_config('B-shallow', arg, stages=('s256',),
+                        from_a=False)
+  return common.lock(c)
