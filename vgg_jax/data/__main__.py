@@ -71,7 +71,7 @@ def main(argv=None) -> int:
       result = stats.compute_stats(cfg, split=args.split,
                                    max_images=args.max_images, side=args.side,
                                    seed=args.seed)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   text = json.dumps(result, indent=1)

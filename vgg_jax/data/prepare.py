@@ -22,6 +22,12 @@ def prepare_tfds(name: str, *, data_dir: str | None,
   4.9.10).  TFDS writes into an ``incomplete.*`` folder and renames it when
   done, so an interrupted build is never taken for a finished one.
   """
+  if name == "fashion_mnist" and not data_dir:
+    idx = pathlib.Path(input_pipeline.FASHION_MNIST_DIR)
+    if (idx / "train-images-idx3-ubyte.gz").exists():
+      log.info("Fashion-MNIST is installed as IDX files in %s (Debian's "
+               "dataset-fashion-mnist): nothing to prepare", idx)
+      return {"train": 60000, "test": 10000}
   tfds = input_pipeline._tfds_module()  # pylint: disable=protected-access
   if name.startswith("imagenet2012"):
     if not manual_dir:
@@ -41,8 +47,14 @@ def prepare_tfds(name: str, *, data_dir: str | None,
     raise ValueError(f"TFDS knows no dataset {name!r}: {e}") from e
   download_config = tfds.download.DownloadConfig(
       manual_dir=str(manual_dir) if manual_dir else None)
-  builder.download_and_prepare(file_format="array_record",
-                               download_config=download_config)
+  try:
+    builder.download_and_prepare(file_format="array_record",
+                                 download_config=download_config)
+  except (OSError, ConnectionError) as e:
+    hint = (" (for Fashion-MNIST without internet: `apt-get install "
+            "dataset-fashion-mnist` and use source='fashion_mnist')"
+            if name == "fashion_mnist" else "")
+    raise OSError(f"preparing {name} failed: {e}{hint}") from e
   return {str(k): v.num_examples for k, v in builder.info.splits.items()}
 
 
