@@ -17,8 +17,9 @@ Training iterator (``create_train_iterator``): yields
 ``{"image": float32 (local_batch, crop, crop, C), "label": int32 (local_batch,)}``
 forever.  Each process reads a disjoint shard (``jax.process_index()`` of
 ``jax.process_count()``, overridable); each epoch is reshuffled; every random
-draw is seeded from (seed, position in the stream), so the same seed and step
-give the same batch on every run and for any number of grain workers.
+draw is seeded from (seed, batch number, position in the batch), so the same
+seed and step give the same batch on every run and for any number of grain
+workers.
 ``get_state()``/``set_state()`` (JSON-serialisable dicts) make a resumed run see
 exactly the batches an uninterrupted one would; the iterator is a
 ``grain.DatasetIterator`` so orbax's ``grain.checkpoint.CheckpointSave`` works
@@ -36,7 +37,8 @@ Evaluation iterator (``create_eval_iterator``), batched (default):
 - ``mask`` is 1 for a real, decoded example and 0 for padding or a decode
   failure; ``index`` is the example's position in the split (-1 for padding);
 - ``decode_error`` is 1 for an example whose image could not be decoded: its
-  image is all zeros and its mask 0; count it as an error (it is never
+  image is all zeros before normalisation and its mask 0; count it as an
+  error (it is never
   silently dropped).  ``iterator.failed`` lists
   ``{"index", "name", "reason"}`` for every failure seen so far;
 - the split is padded to whole *global* batches: every process yields
@@ -65,7 +67,7 @@ import logging
 import os
 import pathlib
 import struct
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import grain
 import ml_collections
@@ -364,11 +366,6 @@ def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
   return ds.to_iter_dataset(_read_options(data_cfg))
 
 
-def _fashion_mnist_eval_positions(data_cfg, split, scale):
-  images, labels = _fashion_mnist_resized(data_cfg, split, scale)
-  return images, labels
-
-
 # ----------------------------------------------------------------------------
 # Shared helpers
 
@@ -618,7 +615,7 @@ class _FashionMnistEvalSource:
   prescaled = True  # already rescaled to Q in memory
 
   def __init__(self, data_cfg, split, scale):
-    self.images, self.labels = _fashion_mnist_eval_positions(
+    self.images, self.labels = _fashion_mnist_resized(
         data_cfg, split, scale)
     self.split = split
     self.channels = data_cfg.image_channels
