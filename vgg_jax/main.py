@@ -11,7 +11,7 @@ Flags only; the work is ``vgg_jax.train.train_and_evaluate(config, workdir)``.
   (``JAX_COORDINATOR_ADDRESS``, a TPU pod's ``TPU_WORKER_HOSTNAMES`` with
   several hosts, or SLURM with several tasks).  ``--coordinator_address``,
   ``--num_processes`` and ``--process_id`` pass explicit values (e.g. for a
-  CPU test on 127.0.0.1).
+  CPU rehearsal on 127.0.0.1, with ``VGG_JAX_CPU_COLLECTIVES=gloo``).
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
   if multihost_requested():
-    if jax.default_backend() == "cpu" or os.environ.get(
-        "VGG_JAX_CPU_COLLECTIVES"):
-      pass
+    # CPU-only multi-process runs (a rehearsal, launch/local_multiprocess_cpu.sh)
+    # need a CPU collectives backend: VGG_JAX_CPU_COLLECTIVES=gloo.
+    if os.environ.get("VGG_JAX_CPU_COLLECTIVES"):
+      jax.config.update("jax_cpu_collectives_implementation",
+                        os.environ["VGG_JAX_CPU_COLLECTIVES"])
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
