@@ -189,3 +189,60 @@ def test_duration_units():
   c = tiny_config(total_steps=7, total_epochs=2.0)
   assert train.duration_steps(c, "total", steps_per_epoch=100,
                               batch_size=16) == 7
+
+
+@pytest.mark.parametrize("name", ["configA", "configA_LRN", "configB",
+                                  "configC", "configD", "configE",
+                                  "configB_shallow", "alexnet",
+                                  "fashion_mnist"])
+def test_every_config_loads_locked_and_documents_its_command(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"experiments.{name}")
+  assert f"--config experiments/{name}.py" in module.__doc__
+  c = module.get_config()
+  with pytest.raises(AttributeError):
+    c.no_such_field = 1
+  from vgg_jax.models import net_spec  # pylint: disable=g-import-not-at-top
+  net_spec(c.model.name)  # a real net
+
+
+def test_stages_follow_the_paper():
+  from experiments import configD  # pylint: disable=g-import-not-at-top
+  s256, s384, jit = (configD.get_config(s) for s in ("s256", "384", "jitter"))
+  assert (s256.data.train_scale, s256.lr, s256.init_from_a) == (
+      256, 1e-2, "workdirs/A_s256")
+  assert (s384.data.train_scale, s384.data.eval_scale, s384.lr) == (
+      384, 384, 1e-3)
+  assert s384.init_from == "workdirs/D_s256"
+  assert tuple(jit.data.train_scale) == (256, 512)
+  assert jit.data.eval_scale == 384 and jit.init_from == "workdirs/D_s384"
+  from experiments import configA  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="stages"):
+    configA.get_config("s384")
+
+
+def test_init_from_a_and_init_from_copy_trained_layers(uninterrupted,
+                                                        tmp_path):
+  a_dir, _ = uninterrupted
+  a_params, _ = params_of(a_dir, step=10)
+  # lr 0: the one step leaves the initial weights as they were.
+  frozen = dict(lr=0.0, lr_schedule="plateau", warmup_steps=0,
+                total_steps=1, eval_every_steps=1)
+  train.train_and_evaluate(
+      tiny_config(**{"model.name": "B", "init_from_a": str(a_dir)}, **frozen),
+      tmp_path / "b")
+  b_params, _ = params_of(tmp_path / "b")
+  assert "initialised from trained net A" in (
+      tmp_path / "b" / "log_host0.txt").read_text()
+  for layer in ("block1_conv1", "block2_conv1", "block3_conv1",
+                "block3_conv2", "fc1", "fc2", "fc3"):
+    np.testing.assert_array_equal(b_params[f"{layer}/kernel"],
+                                  a_params[f"{layer}/kernel"])
+  # B's own layers (block1_conv2 ...) stay random: not A's, not zero.
+  assert np.abs(b_params["block1_conv2/kernel"]).max() > 0
+  # init_from (e.g. S=384 from S=256): every layer of the same net.
+  train.train_and_evaluate(
+      tiny_config(init_from=str(a_dir), **frozen), tmp_path / "a2")
+  a2_params, _ = params_of(tmp_path / "a2")
+  for k in a_params:
+    np.testing.assert_array_equal(a2_params[k], a_params[k], err_msg=k)

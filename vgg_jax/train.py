@@ -265,8 +265,8 @@ def copy_matching_layers(dst: nnx.Module, src: nnx.Module) -> list[str]:
   dst_state = nnx.state(dst)
   for path, var in nnx.to_flat_state(dst_state):
     s = src_flat.get(path)
-    if s is not None and s.value.shape == var.value.shape:
-      var.value = jnp.asarray(s.value, var.value.dtype)
+    if s is not None and s.get_value().shape == var.get_value().shape:
+      var.set_value(jnp.asarray(s.get_value(), var.get_value().dtype))
       copied.append("/".join(map(str, path)))
     else:
       skipped.append("/".join(map(str, path)))
