@@ -60,15 +60,24 @@ def main():
 
   out = {}
   # A-BN: dropout in the head (its key must not depend on the sharding) and
-  # batch statistics over the *global* batch, as on one device.
-  for name in ("A-BN",):
-    model = create_model(name, num_classes=10, rngs=nnx.Rngs(0),
+  # batch statistics over the *global* batch, as on one device.  On one
+  # process with 4 devices also a ('data' 2, 'model' 2) mesh with FC1/FC2
+  # kernels split over 'model' (the model-parallel hook).
+  runs = [("A-BN", 1, None)]
+  if args.num_processes == 1 and args.devices == 4:
+    runs.append(("A-BN@model2", 2, sharding.shard_fc_kernels))
+  for tag, model_axis, rule in runs:
+    mesh = sharding.make_mesh(model=model_axis)
+    model = create_model("A-BN", num_classes=10, rngs=nnx.Rngs(0),
                          width_mult=1 / 16, fc_width=32, head_window=1,
                          in_channels=3, init="he")
     tx = optim.sgd(0.05)
     graphdef, state = train.create_train_state(model, tx)
-    shardings = sharding.param_shardings(state, mesh)
+    shardings = sharding.param_shardings(state, mesh, rule)
     state = jax.device_put(state, shardings)
+    if rule is not None:
+      spec = state["params"]["fc1"]["kernel"].get_value().sharding.spec
+      assert spec[-1] == sharding.MODEL_AXIS, spec
     step = train.make_train_step(graphdef, tx, seed=0, mesh=mesh,
                                  state_shardings=shardings)
     metrics = jax.device_put(train.init_metrics(), sharding.replicated(mesh))
@@ -83,10 +92,12 @@ def main():
     flat = nnx.to_flat_state(nnx.State.merge(state["params"], state["rest"]))
     for path, var in flat:
       arr = var.get_value()
-      # Replicated: this process's first shard is the whole array.
-      out[name + "/" + "/".join(map(str, path))] = np.asarray(
-          arr.addressable_shards[0].data)
-    out[name + "/loss_sum"] = np.asarray(
+      # Fully addressable on one process; replicated (one shard = the whole
+      # array) across processes.
+      host = (np.asarray(arr) if arr.is_fully_addressable
+              else np.asarray(arr.addressable_shards[0].data))
+      out[tag + "/" + "/".join(map(str, path))] = host
+    out[tag + "/loss_sum"] = np.asarray(
         metrics["loss_sum"].addressable_shards[0].data)
   if args.process_id == 0:
     os.makedirs(args.out, exist_ok=True)

@@ -65,12 +65,20 @@ def results(tmp_path_factory):
 @pytest.mark.parametrize("setup", ["1x4", "2x2"])
 def test_same_parameters_as_one_device(results, setup):
   one, other = results["1x1"], results[setup]
-  assert one.keys() == other.keys()
-  assert any("batch_stats" in k.lower() or "mean" in k for k in one), (
-      sorted(one))
-  for k in one:
+  keys = [k for k in other if k.startswith("A-BN/")]
+  assert sorted(keys) == sorted(one)
+  assert any(k.endswith("/mean") for k in one), sorted(one)  # BatchStats
+  for k in keys:
     np.testing.assert_allclose(other[k], one[k], rtol=2e-4, atol=2e-6,
                                err_msg=f"{setup}: {k}")
+
+
+def test_fc_kernels_sharded_over_a_model_axis_give_the_same_parameters(
+    results):
+  one, other = results["1x1"], results["1x4"]
+  for k in one:
+    np.testing.assert_allclose(other["A-BN@model2/" + k[len("A-BN/"):]], one[k],
+                               rtol=2e-4, atol=2e-6, err_msg=k)
 
 
 def test_training_moved_the_parameters(results):
