@@ -323,3 +323,18 @@ def test_conv_impl_auto_picks_im2col_on_cpu():
                          else "xla")
   with pytest.raises(ValueError, match="conv_impl"):
     create_model("A", rngs=nnx.Rngs(0), conv_impl="winograd")
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 7, 3), (1, 16, 12, 5)])
+def test_reshape_max_pool_equals_reduce_window(shape):
+  from vgg_jax.models.vgg import max_pool
+  x = jax.random.normal(jax.random.key(0), shape)  # no ties
+  ref = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(max_pool(x, 2, 2), ref(x))
+  g = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, 2, 2))))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(ref(x))))(x)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-6)
+  # Overlapping pools (AlexNet) keep reduce_window.
+  np.testing.assert_array_equal(
+      max_pool(x, 3, 2),
+      nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID"))

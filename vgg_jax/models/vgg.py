@@ -26,6 +26,20 @@ from vgg_jax.models.lrn import local_response_norm
 from vgg_jax.models.table import NetSpec
 
 
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """Max-pool, VALID (floor).  Non-overlapping pools (VGG's 2x2/2) are a
+  reshape and a max: same values, and a backward pass that is elementwise
+  instead of XLA's select-and-scatter (3-4x faster on CPUs).  Overlapping
+  pools (AlexNet's 3x3/2) use reduce_window."""
+  if window != stride:
+    return nnx.max_pool(x, (window, window), strides=(stride, stride),
+                        padding="VALID")
+  n, h, w, c = x.shape
+  h, w = h // window, w // window
+  x = x[:, :h * window, :w * window]
+  return x.reshape(n, h, window, w, window, c).max(axis=(2, 4))
+
+
 class VGG(nnx.Module):
   """A net of the family; layers are attributes named as in Keras' VGG.
 
@@ -104,8 +118,7 @@ class VGG(nnx.Module):
       if c.lrn_after:
         x = local_response_norm(x)
       if c.pool_after:
-        w, s = self.spec.pool_window, self.spec.pool_stride
-        x = nnx.max_pool(x, (w, w), strides=(s, s), padding="VALID")
+        x = max_pool(x, self.spec.pool_window, self.spec.pool_stride)
     return x
 
   def penultimate(self, x: jax.Array, *, train: bool = False,

@@ -1,0 +1,203 @@
+"""How close the training step is to the machine's limit (issue: performance).
+
+    python benchmarks/train_step.py --model D --batch 8 --image-size 224
+    python benchmarks/train_step.py --model D --batch 256 --dtype bf16   # GPU
+
+Measures, in one run on one machine:
+  * images/s of the full training step (forward, backward, the paper's SGD
+    update) after compilation, median of ``--steps`` timed steps;
+  * achieved FLOP/s, counting 2 x 3 x multiply-accumulates per image (the
+    forward MACs from the layer table; backward ~2x forward);
+  * the machine's peak measured in the same run: the best of large XLA matrix
+    products of the same dtype; the ratio is the model FLOP utilisation (MFU);
+  * the same for Keras 3's ``keras.applications.VGG16/VGG19`` on the JAX
+    backend (an independent implementation a user might pick instead), same
+    batch, image size and optimiser (SGD momentum 0.9), and the ratio of ours
+    to it.
+
+Prints a table and writes JSON (``--output``).  Ratios, not absolute times,
+are what to compare across runs: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vgg_jax import optim, sharding, train
+from vgg_jax.models import count_macs, create_model, net_spec
+
+KERAS_APPS = {"D": "VGG16", "E": "VGG19"}
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def _timed(fn, steps: int, warmup: int = 1) -> list[float]:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def matmul_peak(dtype, sizes=(2048, 4096), repeats: int = 5) -> dict:
+  """Best FLOP/s of an n x n x n XLA matrix product over ``sizes``."""
+  best = {"flops_per_s": 0.0}
+  for n in sizes:
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    t = statistics.median(_timed(lambda: f(a).block_until_ready(), repeats))
+    rate = 2 * n ** 3 / t
+    if rate > best["flops_per_s"]:
+      best = {"flops_per_s": rate, "n": n, "seconds": t}
+  return best
+
+
+def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes):
+  model = create_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0),
+                       init="glorot", dtype=DTYPES[dtype], conv_impl=conv_impl)
+  tx = optim.sgd(1e-2)  # the paper's: momentum 0.9, coupled decay 5e-4
+  graphdef, state = train.create_train_state(model, tx)
+  del model
+  mesh = sharding.make_mesh()
+  state_sh = sharding.param_shardings(state, mesh)
+  state = jax.device_put(state, state_sh)
+  step = train.make_train_step(graphdef, tx, seed=0, mesh=mesh,
+                               state_shardings=state_sh)
+  rng = np.random.default_rng(0)
+  batch_np = {"image": rng.normal(0, 60, (batch, size, size, 3)).astype(
+      np.float32), "label": rng.integers(0, num_classes, batch, np.int32)}
+  device_batch = sharding.shard_batch(batch_np, mesh)
+  holder = {"state": state, "metrics": jax.device_put(
+      train.init_metrics(), sharding.replicated(mesh))}
+
+  def one():
+    holder["state"], holder["metrics"] = step(holder["state"],
+                                              holder["metrics"], device_batch)
+    jax.block_until_ready(holder["metrics"]["loss_sum"])
+
+  t0 = time.perf_counter()
+  one()
+  compile_s = time.perf_counter() - t0
+  times = _timed(one, steps, warmup=1)
+  loss = float(holder["metrics"]["loss_sum"] / holder["metrics"]["examples"])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f"our step produced a non-finite loss {loss}")
+  return {"seconds_per_step": statistics.median(times), "all_seconds": times,
+          "compile_and_first_step_s": compile_s,
+          "conv_impl": conv_impl}
+
+
+def keras_step(model_name, batch, size, dtype, steps, num_classes):
+  import keras
+  if dtype == "bf16":
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  app = getattr(keras.applications, KERAS_APPS[model_name])
+  model = app(weights=None, input_shape=(size, size, 3), classes=num_classes,
+              classifier_activation=None)
+  model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True), jit_compile=True)
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 60, (batch, size, size, 3)).astype(np.float32)
+  y = rng.integers(0, num_classes, batch).astype(np.int32)
+  t0 = time.perf_counter()
+  model.train_on_batch(x, y)
+  compile_s = time.perf_counter() - t0
+  times = _timed(lambda: model.train_on_batch(x, y), steps, warmup=1)
+  return {"seconds_per_step": statistics.median(times), "all_seconds": times,
+          "compile_and_first_step_s": compile_s,
+          "keras_version": keras.__version__, "app": KERAS_APPS[model_name]}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="D")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--image-size", type=int, default=224)
+  p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--num-classes", type=int, default=1000)
+  p.add_argument("--conv-impl", default="auto",
+                 help="auto|xla|im2col; several comma-separated to compare")
+  p.add_argument("--no-keras", action="store_true")
+  p.add_argument("--output", default="benchmarks/results/train_step.json")
+  args = p.parse_args(argv)
+
+  flops_per_image = 2 * 3 * count_macs(net_spec(args.model), args.image_size,
+                                       num_classes=args.num_classes)
+  flops_per_step = flops_per_image * args.batch
+  peak = matmul_peak(DTYPES[args.dtype])
+  rows = []
+
+  def add(impl_name, r):
+    s = r["seconds_per_step"]
+    r.update(implementation=impl_name, images_per_s=args.batch / s,
+             flops_per_s=flops_per_step / s,
+             fraction_of_peak=flops_per_step / s / peak["flops_per_s"])
+    rows.append(r)
+
+  for impl in args.conv_impl.split(","):
+    add(f"vgg_jax ({impl})", ours(args.model, args.batch, args.image_size,
+                                  args.dtype, args.steps, impl,
+                                  args.num_classes))
+  if not args.no_keras and args.model in KERAS_APPS:
+    add(f"keras {KERAS_APPS[args.model]}",
+        keras_step(args.model, args.batch, args.image_size, args.dtype,
+                   args.steps, args.num_classes))
+  # A second peak measurement after the runs: if the machine was disturbed
+  # the two differ, and the report says so.
+  peak_after = matmul_peak(DTYPES[args.dtype])
+  keras_rows = [r for r in rows if r["implementation"].startswith("keras")]
+  for r in rows:
+    if keras_rows and r is not keras_rows[0]:
+      r["ratio_to_keras"] = r["images_per_s"] / keras_rows[0]["images_per_s"]
+
+  device = jax.devices()[0]
+  report = {
+      "model": args.model, "batch": args.batch,
+      "image_size": args.image_size, "dtype": args.dtype,
+      "flops_per_image": flops_per_image,
+      "peak": peak, "peak_after": peak_after,
+      "device": f"{device.platform}: {device.device_kind}",
+      "device_count": jax.device_count(),
+      "cpu_count": os.cpu_count(), "machine": platform.processor() or
+      platform.machine(), "jax": jax.__version__, "rows": rows,
+      "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+  }
+  print(f"{args.model} batch {args.batch} at {args.image_size}px, "
+        f"{args.dtype}, {report['device']} x{jax.device_count()}; "
+        f"matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"(after: {peak_after['flops_per_s'] / 1e9:.1f})")
+  print(f"{'implementation':<22} {'s/step':>8} {'img/s':>9} {'GFLOP/s':>9} "
+        f"{'of peak':>8} {'vs keras':>9}")
+  for r in rows:
+    vs = f"{r['ratio_to_keras']:.2f}x" if "ratio_to_keras" in r else "-"
+    print(f"{r['implementation']:<22} {r['seconds_per_step']:>8.3f} "
+          f"{r['images_per_s']:>9.2f} {r['flops_per_s'] / 1e9:>9.1f} "
+          f"{r['fraction_of_peak']:>8.2f} {vs:>9}")
+  out = pathlib.Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(report, indent=2))
+  tmp.replace(out)
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
