@@ -39,8 +39,12 @@ def make_mesh(model: int = 1, devices=None) -> Mesh:
                      f"devices ({n})")
   if devices is not None:
     return Mesh(np.asarray(devices).reshape(n // model, model),
-                (DATA_AXIS, MODEL_AXIS))
-  return jax.make_mesh((n // model, model), (DATA_AXIS, MODEL_AXIS))
+                (DATA_AXIS, MODEL_AXIS),
+                axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  # Auto axes: XLA propagates the shardings (jax.make_mesh's default is
+  # Explicit, which makes every reshape in the model name its sharding).
+  return jax.make_mesh((n // model, model), (DATA_AXIS, MODEL_AXIS),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def num_data_shards(mesh: Mesh) -> int:

@@ -111,11 +111,20 @@ def config_to_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def check_workdir_config(config, workdir: pathlib.Path) -> None:
-  """Writes config.json, or checks it against the one already there."""
+def check_workdir_config(config, workdir: pathlib.Path, *,
+                         write: bool = False) -> None:
+  """Checks the workdir's config.json against ``config``; ``write`` stores it.
+
+  A mismatch is an error only when the workdir holds checkpoints (a run to
+  resume); a workdir whose earlier start failed before any checkpoint just
+  takes the new config.
+  """
   path = workdir / CONFIG_FILE
   new = config_to_dict(config)
-  if path.exists():
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  has_checkpoints = ckpt_dir.is_dir() and any(
+      p.name.isdigit() for p in ckpt_dir.iterdir())
+  if path.exists() and has_checkpoints:
     old = json.loads(path.read_text())
     a, b = _flatten_config(old), _flatten_config(new)
     diffs = sorted(k for k in set(a) | set(b)
@@ -129,7 +138,7 @@ def check_workdir_config(config, workdir: pathlib.Path) -> None:
           f"workdir {workdir} holds a run with a different config "
           f"({path}):\n{lines}\nUse a new --workdir, or the same config. "
           f"(Only these may change on resume: {', '.join(SAFE_TO_CHANGE)}.)")
-  if jax.process_index() == 0:
+  if write and jax.process_index() == 0:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -416,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   warmup_steps = dur("warmup", default=0)
   if config.lr_schedule == "plateau" and not eval_every:
     raise ValueError("the plateau rule needs evaluations: set eval_every_*")
+  check_workdir_config(config, workdir, write=True)
   kwargs = model_kwargs(config, info)
   convention = input_pipeline.input_convention(config.data)
   metadata = {"model": kwargs, "input_convention": convention.to_dict(),
