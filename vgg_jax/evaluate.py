@@ -54,6 +54,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vgg_jax.models import local_response_norm
+from vgg_jax.models.vgg import max_pool as vgg_max_pool
+
 TOP_K = 5
 
 
@@ -102,7 +105,22 @@ def _num_batch_shards(mesh: jax.sharding.Mesh) -> int:
 
 def default_mesh() -> jax.sharding.Mesh:
   """A 1-D 'data' mesh over every device of every host."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _auto_axes(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+  """The same devices and axes with Auto axis types.
+
+  ``jax.make_mesh`` defaults to Explicit axes, under which the model's
+  reshape-based pooling of a batch-sharded array has no sharding rule;
+  evaluation only splits the batch, so the compiler may place the rest.
+  """
+  auto = jax.sharding.AxisType.Auto
+  if all(t == auto for t in mesh.axis_types):
+    return mesh
+  return jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                           axis_types=(auto,) * len(mesh.axis_names))
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], multiple: int
@@ -191,6 +209,8 @@ def evaluate_classifier(model: nnx.Module,
   """
   if mesh is None and jax.process_count() > 1:
     mesh = default_mesh()
+  if mesh is not None:
+    mesh = _auto_axes(mesh)
   graphdef, state = nnx.split(model)
   state = replicate(state, mesh)
   multiple = _local_multiple(mesh)
@@ -280,11 +300,10 @@ def masked_score_map(model, x: jax.Array, hw: jax.Array
       x = getattr(model, model._bn_name(c.name))(x, use_running_average=True)
     x = nnx.relu(x)
     if c.lrn_after:
-      from vgg_jax.models import local_response_norm
       x = local_response_norm(x)
     if c.pool_after:
       win, st = spec.pool_window, spec.pool_stride
-      x = nnx.max_pool(x, (win, win), strides=(st, st), padding="VALID")
+      x = vgg_max_pool(x, win, st)
       h, w = (h - win) // st + 1, (w - win) // st + 1
   # The head: FC1 a VALID head_window conv (reads only valid features),
   # FC2/FC3 1x1 convs; dropout is off in inference.
@@ -851,24 +870,25 @@ def _training_config(path: pathlib.Path) -> dict:
 
 def load_model(path: str | os.PathLike, *, expect_name: str | None = None,
                crop_size: int | None = None, step: int | None = None,
-               best: bool = False) -> LoadedModel:
+               best: bool = False, dtype: Any = None) -> LoadedModel:
   """A model dir: imported weights (``vgg_jax.weights``) or a training workdir.
 
   Checks, before anything is computed: the net is the one asked for
   (``expect_name``), the directory carries an input convention, and the
   training crop fits the net's head (FC1 must see exactly head_window^2).
+  ``step``/``best`` pick a workdir's checkpoint (default: the latest);
+  ``dtype`` is the compute dtype (e.g. jnp.bfloat16; weights stay f32).
   """
   from vgg_jax import conventions as conventions_lib
   from vgg_jax import weights
   from vgg_jax.models import canonical_name, net_spec, output_size
   p = pathlib.Path(path)
   if (p / weights.METADATA_FILE).is_file():
-    meta = weights.read_metadata(p)  # clear errors on a bad directory
-    model, meta = weights.load_pretrained(p)
+    model, meta = weights.load_pretrained(p, dtype=dtype)
   elif (p / "checkpoints").is_dir():
     from vgg_jax import checkpointing
     model, meta = checkpointing.load_model_from_workdir(p, step=step,
-                                                        best=best)
+                                                        best=best, dtype=dtype)
   else:
     raise FileNotFoundError(
         f"{path} is neither imported weights (a directory with metadata.json,"
@@ -1077,6 +1097,15 @@ def build_parser():
                  help="test scales Q, e.g. 256,384,512; 'paper' (default): "
                  "{S-32,S,S+32} for fixed S, {S_min,mid,S_max} for jittered; "
                  "'paper-single': Q=S, or the middle for jittered (Table 3)")
+  p.add_argument("--step", type=int, default=None,
+                 help="workdirs: evaluate this checkpoint step")
+  p.add_argument("--best", action="store_true",
+                 help="workdirs: the checkpoint with the best validation "
+                 "top-1 (default: the latest)")
+  p.add_argument("--dtype", default="float32",
+                 choices=("float32", "bfloat16", "float16"),
+                 help="compute dtype (weights stay float32); the paper's "
+                 "numbers are float32")
   p.add_argument("--crop-size", type=int, default=None,
                  help="the models' training crop (default: from the model)")
   p.add_argument("--batch-size", type=int, default=8,
@@ -1125,7 +1154,10 @@ def main(argv=None) -> dict[str, Any]:
     # Everything is loaded and checked before the first image is evaluated.
     loaded = []
     for path, arch in zip(args.model, archs):
-      m = load_model(path, expect_name=arch, crop_size=args.crop_size)
+      m = load_model(path, expect_name=arch, crop_size=args.crop_size,
+                     step=args.step, best=args.best,
+                     dtype=None if args.dtype == "float32"
+                     else jnp.dtype(args.dtype))
       check_compatible(m, info, data_desc=split_desc)
       qs = check_scales(_parse_scales(args.scales, m), m.crop_size,
                         f"{path}")
