@@ -27,17 +27,21 @@ from vgg_jax.models.table import NetSpec
 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """Max-pool, VALID (floor).  Non-overlapping pools (VGG's 2x2/2) are a
-  reshape and a max: same values, and a backward pass that is elementwise
-  instead of XLA's select-and-scatter (3-4x faster on CPUs).  Overlapping
-  pools (AlexNet's 3x3/2) use reduce_window."""
-  if window != stride:
+  """Max-pool, VALID (floor).
+
+  Non-overlapping 2x2/2 pools (VGG's) are the elementwise max of four
+  strided views: the same values, and a backward pass that is elementwise
+  instead of XLA's select-and-scatter (~7x faster on CPUs); strided slices
+  keep the batch axis's sharding under any mesh.  Other pools (AlexNet's
+  overlapping 3x3/2) use reduce_window.
+  """
+  if not window == stride == 2:
     return nnx.max_pool(x, (window, window), strides=(stride, stride),
                         padding="VALID")
-  n, h, w, c = x.shape
-  h, w = h // window, w // window
-  x = x[:, :h * window, :w * window]
-  return x.reshape(n, h, window, w, window, c).max(axis=(2, 4))
+  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  view = lambda i, j: x[:, i:h:2, j:w:2]
+  return jnp.maximum(jnp.maximum(view(0, 0), view(0, 1)),
+                     jnp.maximum(view(1, 0), view(1, 1)))
 
 
 class VGG(nnx.Module):
