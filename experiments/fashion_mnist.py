@@ -2,17 +2,29 @@
 
     python -m vgg_jax.main --config experiments/fashion_mnist.py --workdir workdirs/fashion_mnist
 
-The paper's recipe scaled down to 28x28 grey images (rescaled to 32x32, so
-the five 2x2 pools leave 1x1 and FC1 is a 1x1 conv, ``head_window=1``):
-net A at 1/4 width (16-32-64-128-128 channels), FC 256-256-10 with dropout
-0.5, SGD momentum 0.9, coupled weight decay 5e-4, batch 128, random crops of
-the 4-pixel-padded image and horizontal flips.  Changed for the small
-budget, and why: He init (the paper's N(0, 0.01) needs far longer to start),
-a short linear warm-up and a step schedule (÷10 twice) instead of the
-plateau rule (which needs many evaluations to act).
+The paper's recipe (§3.1) scaled down to 28x28 grey images, rescaled to
+32x32 so that the five 2x2 pools leave 1x1 and FC1 is a 1x1 conv
+(``head_window=1``): net A at 3/16 width (12-24-48-96-96 channels), FC
+512-512-10 with dropout 0.5, SGD momentum 0.9 (Caffe's form), coupled weight
+decay 5e-4, batch 128, random horizontal flips.
 
-Expected: see docs/training.md (the measured accuracy and wall time on a
-2-core CPU).  Cost: about 0.1 GFLOP per image for forward+backward.
+Changed for a 10-minute CPU budget, and why:
+- He init (the paper's N(0, 0.01) needs many epochs to get going);
+- lr 0.05 with a 0.2-epoch linear warm-up and a fixed step schedule (÷10 at
+  epochs 4.5 and 5.8, 6.5 epochs in all) instead of the plateau rule, which
+  needs many evaluations to act;
+- no random-translation padding (``data.train_pad=0``): in a few epochs the
+  net underfits (train accuracy below test accuracy), so augmentation that
+  slows fitting costs accuracy;
+- FC width 512 (the head costs little at 1x1; narrower heads with dropout
+  0.5 learned much more slowly: 128 wide, 82.6% after 5 epochs).
+
+Expected (docs/training.md, measured on this project's 2-core CPU machine
+while other jobs shared it): about 91% test accuracy after 6.5 epochs;
+the goal of 92% in 10 minutes is not reached yet.  Cost: 6.2M MACs per
+image forward, about 37 MFLOP per training image; 390K training images;
+~740 images/s on 2 idle cores (benchmark of the step alone), about 9
+minutes of training plus start-up and 5 evaluations.
 """
 
 from experiments import common
@@ -22,18 +34,19 @@ def get_config(arg: str | None = None):
   del arg
   c = common.base_config("fashion_mnist")
   c.model.name = "A"
-  c.model.width_mult = 0.25
-  c.model.fc_width = 256
+  c.model.width_mult = 0.1875
+  c.model.fc_width = 512
   c.model.head_window = 1
   c.model.init = "he"
+  c.data.train_pad = 0
   c.batch_size = 128
   c.eval_batch_size = 500
   c.lr = 0.05
   c.lr_schedule = "piecewise"
-  c.lr_boundaries_epochs = (6.0, 8.0)
-  c.warmup_epochs = 0.5
-  c.total_epochs = 9.0
-  c.eval_every_epochs = 3.0
-  c.log_every_steps = 50
+  c.lr_boundaries_epochs = (4.5, 5.8)
+  c.warmup_epochs = 0.2
+  c.total_epochs = 6.5
+  c.eval_every_epochs = 1.5
+  c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   return common.lock(c)

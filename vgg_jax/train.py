@@ -624,7 +624,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     train_iter.close()
   result["step"] = step
   jsonl.write(step, "final", {k: v for k, v in result.items()
-                              if v is not None})
+                              if v is not None and k != "step"})
   log.info("finished at step %d (%s): %s", step, result["stopped_by"],
            ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                      if isinstance(v, float)))
