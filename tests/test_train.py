@@ -246,3 +246,30 @@ def test_init_from_a_and_init_from_copy_trained_layers(uninterrupted,
   a2_params, _ = params_of(tmp_path / "a2")
   for k in a_params:
     np.testing.assert_array_equal(a2_params[k], a_params[k], err_msg=k)
+
+
+def test_input_wait_share_sees_a_slow_input_pipeline(tmp_path, monkeypatch):
+  # Getting each batch to the device made to take 0.3 s more, against a
+  # step of a few ms: the logged share of wall time spent on input must say
+  # the run is input-bound; the fast default pipeline must not.
+  import time
+  from vgg_jax import sharding
+  real = sharding.shard_batch
+
+  def slow_shard_batch(*args, **kwargs):
+    time.sleep(0.3)
+    return real(*args, **kwargs)
+
+  def shares(workdir):
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
+    return [l["input_wait_share"] for l in lines if l["kind"] == "train"]
+
+  config = tiny_config(total_steps=6, eval_every_steps=6)
+  monkeypatch.setattr(sharding, "shard_batch", slow_shard_batch)
+  train.train_and_evaluate(config, tmp_path / "slow")
+  slow = shares(tmp_path / "slow")[1:]  # step 1 includes compilation
+  assert min(slow) > 0.6, slow
+  monkeypatch.setattr(sharding, "shard_batch", real)
+  train.train_and_evaluate(config, tmp_path / "fast")
+  fast = shares(tmp_path / "fast")[1:]
+  assert max(fast) < min(slow), (fast, slow)

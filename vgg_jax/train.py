@@ -552,12 +552,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     last_good_step = step
 
   t_log, step_log = time.time(), step
+  input_seconds = 0.0
   try:
     with PreemptionFlag() as preempt:
       while step < total_steps:
+        # The step is dispatched asynchronously, so reading the next batch
+        # overlaps with the device computing this one; the time the host
+        # spends here, as a share of wall time, says how close the run is to
+        # input-bound (near 1: the device waits for data).
+        t_input = time.perf_counter()
         batch = next(train_iter)
         batch = sharding_lib.shard_batch(
             {"image": batch["image"], "label": batch["label"]}, mesh)
+        input_seconds += time.perf_counter() - t_input
         state, metrics = train_step(state, metrics, batch)
         step += 1
         for hook in hooks:
@@ -570,20 +577,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           check_finite(m, step)
           dt = time.time() - t_log
           img_s = (step - step_log) * config.batch_size / max(dt, 1e-9)
+          input_share, input_seconds = input_seconds / max(dt, 1e-9), 0.0
           t_log, step_log = time.time(), step
           lr = float(jax.device_get(optim.learning_rate_of(
               state["opt_state"])))
           values = {"train_loss": m["loss_sum"] / max(m["examples"], 1),
                     "train_top1": m["top1_hits"] / max(m["examples"], 1),
                     "lr": lr, "images_per_sec": img_s,
+                    "input_wait_share": input_share,
                     "epoch": step / steps_per_epoch}
           writer.write_scalars(step, values)
           jsonl.write(step, "train", values)
           eta = (total_steps - step) * config.batch_size / max(img_s, 1e-9)
           log.info("step %d/%d  epoch %.2f  loss %.4f  train top-1 %.3f  "
-                   "lr %.2e  %.0f img/s  ETA %s", step, total_steps,
-                   values["epoch"], values["train_loss"],
-                   values["train_top1"], lr, img_s, _fmt_time(eta))
+                   "lr %.2e  %.0f img/s  input %.0f%%  ETA %s", step,
+                   total_steps, values["epoch"], values["train_loss"],
+                   values["train_top1"], lr, img_s, 100 * input_share,
+                   _fmt_time(eta))
 
         val = None
         if eval_every and (step % eval_every == 0 or step == total_steps):
