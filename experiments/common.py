@@ -75,23 +75,13 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
       min_delta=1e-3,  # improvement in top-1 accuracy that counts
       max_drops=3,
   ))
-  c.warmup_steps = _int()
-  c.warmup_epochs = config_dict.placeholder(float)
-  c.warmup_examples = _int()
-
-  # Durations.  The paper stopped after 370K iterations (74 epochs).
-  c.total_steps = _int()
-  c.total_epochs = config_dict.placeholder(float)
-  c.total_examples = _int()
-  c.eval_every_steps = _int()
-  c.eval_every_epochs = config_dict.placeholder(float)
-  c.eval_every_examples = _int()
-  c.checkpoint_every_steps = _int()
-  c.checkpoint_every_epochs = config_dict.placeholder(float)
-  c.checkpoint_every_examples = _int()
-  c.log_every_steps = _int()
-  c.log_every_epochs = config_dict.placeholder(float)
-  c.log_every_examples = _int()
+  # Durations, each in steps, epochs or examples (train.duration_steps reads
+  # them by prefix).  The paper stopped after 370K iterations (74 epochs).
+  for prefix in ("warmup", "total", "eval_every", "checkpoint_every",
+                 "log_every"):
+    c[f"{prefix}_steps"] = _int()
+    c[f"{prefix}_epochs"] = config_dict.placeholder(float)
+    c[f"{prefix}_examples"] = _int()
   c.total_epochs = 74.0
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 2000
