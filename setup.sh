@@ -4,10 +4,16 @@
 # .venv with the package and its test extras.  Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+APT_PACKAGES=""
+[ -d /usr/share/datasets/fashion-mnist ] || APT_PACKAGES="dataset-fashion-mnist"
+# A compiler and libjpeg-turbo's headers build the optional crop-aware JPEG
+# decoder (vgg_jax/_jpegcrop.c); without them it is skipped (slower input).
+{ [ -f /usr/include/jpeglib.h ] && command -v cc >/dev/null; } ||
+  APT_PACKAGES="$APT_PACKAGES gcc libjpeg62-turbo-dev"
+if [ -n "$APT_PACKAGES" ]; then
   $SUDO apt-get update -q >/dev/null
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null
+  $SUDO apt-get install -y -q $APT_PACKAGES >/dev/null
 fi
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3

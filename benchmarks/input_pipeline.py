@@ -101,6 +101,9 @@ class _BytesSource:
   def __len__(self):
     return len(self.jpegs)
 
+  def read(self, i):
+    return self.jpegs[i], 0, str(i)
+
   def get(self, i, min_side=None):
     from vgg_jax import preprocess as P  # pylint: disable=g-import-not-at-top
     return P.decode_image(self.jpegs[i], min_side=min_side), 0, str(i)

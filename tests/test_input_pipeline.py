@@ -195,8 +195,9 @@ def test_folder_train_skips_and_counts_bad_files(folder):
   np.testing.assert_array_equal(batches[1]["label"], [0, 0, 0, 0, 1])
   assert all(np.isfinite(b["image"]).all() for b in batches)
   assert it.get_state()["skipped"] == 2
-  # A decodable example is exactly a 224 window of the S=224 rescaled photo,
-  # minus the mean (PAPER convention).
+  # A decodable example is a 224 window of the S=224 rescaled photo, minus
+  # the mean (PAPER convention): exactly, up to the crop-aware decoder's
+  # interpolation rounding (<= 2 grey levels, tests/test_preprocess_crop.py).
   src = ip.FolderImageSource(root, "train")
   img, _, name = src.get(0, min_side=224)
   assert name == "train/cat/cat_0.JPEG"
@@ -204,7 +205,7 @@ def test_folder_train_skips_and_counts_bad_files(folder):
   out = batches[0]["image"][0] + np.asarray(conventions.PAPER.mean, np.float32)
   windows = [ref[t:t + 224, l:l + 224] for t in range(ref.shape[0] - 223)
              for l in range(ref.shape[1] - 223)]
-  assert min(np.abs(w - out).max() for w in windows) < 1e-3
+  assert min(np.abs(w - out).max() for w in windows) <= 2 + 1e-3
 
 
 def test_folder_train_pca_shift_and_convention(folder):
@@ -294,8 +295,11 @@ def test_folder_eval_protocols(folder):
   kw = dict(global_batch_size=2, input_convention=conventions.PAPER,
             process_index=0, process_count=1)
   centre = next(iter(ip.create_eval_iterator(cfg, **kw)))
+  # Centre crops come from the crop-aware decoder: equal up to its
+  # interpolation rounding (<= 2 grey levels).
   np.testing.assert_allclose(centre["image"][0],
-                             conventions.PAPER.normalise(P.center_crop(q, 224)))
+                             conventions.PAPER.normalise(P.center_crop(q, 224)),
+                             atol=2.001, rtol=0)
   multi = next(iter(ip.create_eval_iterator(cfg, protocol="multicrop", **kw)))
   assert multi["image"].shape == (2, 50, 224, 224, 3)
   grid = P.grid_crops(q, 224, 5)

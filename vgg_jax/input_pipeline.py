@@ -677,6 +677,10 @@ class _EvalExample:
       shape = self._out_shape() if self.batched else (1, 1, self.channels)
       return self._example(np.zeros(shape, np.uint8), -1, -1, "", 0, "")
     try:
+      view = self._centre_crop_of_encoded(g)
+      if view is not None:
+        view, label, name = view
+        return self._example(view, label, g, name, 1, "")
       img, label, name = self.source.get(g, min_side=self.scale)
       if not self.source.prescaled:
         img = preprocess.rescale_shorter_side(img, self.scale)
@@ -690,6 +694,25 @@ class _EvalExample:
       label, name = self.source.label_and_name(g)
       shape = self._out_shape() if self.batched else (1, 1, self.channels)
       return self._example(np.zeros(shape, np.uint8), label, g, name, 0, str(e))
+
+  def _centre_crop_of_encoded(self, g):
+    """(centre crop, label, name) decoding only the crop (batched centre
+    protocol, JPEG sources), else None."""
+    read = getattr(self.source, "read", None)
+    if (read is None or not self.batched or self.protocol != "centre"
+        or self.source.prescaled):
+      return None
+    data, label, name = read(g)
+    shape = preprocess.rescaled_jpeg_size(data, self.scale)
+    if shape is None or min(shape) < self.crop:
+      return None
+    top, left = (shape[0] - self.crop) // 2, (shape[1] - self.crop) // 2
+    try:
+      view = preprocess.decode_rescaled_crop(data, self.scale, top, left,
+                                             self.crop)
+    except preprocess.DecodeError as e:
+      raise preprocess.DecodeError(f"{name}: {e}") from e
+    return view, label, name
 
   def _example(self, img, label, index, name, mask, error):
     if self.batched:
@@ -706,7 +729,10 @@ class _EvalExample:
 #
 # A source is a random-access sequence of encoded images:
 #   len(source); source.get(i, min_side) -> (uint8 (H, W, 3) RGB, label, name)
-#   (raises preprocess.DecodeError); source.label_and_name(i);
+#   (raises preprocess.DecodeError); optionally source.read(i) -> (encoded
+#   bytes or such an array, label, name), which lets training and centre-
+#   crop evaluation decode only the crop (preprocess.decode_rescaled_crop);
+#   source.label_and_name(i);
 #   source.num_classes; source.class_names; source.prescaled (False).
 
 
@@ -769,18 +795,23 @@ class TfdsImageSource:
       return fn.decode() if isinstance(fn, bytes) else str(fn)
     return f"{self.name}/{self.split}/{i}"
 
-  def get(self, i, min_side=None):
+  def read(self, i):
+    """(encoded image bytes, or an RGB array for a dataset without encoded
+    images, label, name)."""
     ex = self._source[int(i)]
-    name = self._name(i, ex)
     img = ex["image"]
     if isinstance(img, np.ndarray):  # a dataset without encoded images
       img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, -1)
-    else:
+    return img, int(ex["label"]), self._name(i, ex)
+
+  def get(self, i, min_side=None):
+    img, label, name = self.read(i)
+    if not isinstance(img, np.ndarray):
       try:
         img = preprocess.decode_image(img, min_side=min_side)
       except preprocess.DecodeError as e:
         raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, int(ex["label"]), name
+    return img, label, name
 
   def label_and_name(self, i):
     ex = self._source[int(i)]
@@ -867,14 +898,22 @@ class FolderImageSource:
   def __len__(self):
     return len(self.files)
 
-  def get(self, i, min_side=None):
+  def read(self, i):
+    """(the file's bytes, label, name); DecodeError if it cannot be read."""
     name = self.files[int(i)]
     try:
       data = (self.root / name).read_bytes()
-      img = preprocess.decode_image(data, min_side=min_side)
-    except (OSError, preprocess.DecodeError) as e:
+    except OSError as e:
       raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, int(self.labels[int(i)]), name
+    return data, int(self.labels[int(i)]), name
+
+  def get(self, i, min_side=None):
+    data, label, name = self.read(i)
+    try:
+      img = preprocess.decode_image(data, min_side=min_side)
+    except preprocess.DecodeError as e:
+      raise preprocess.DecodeError(f"{name}: {e}") from e
+    return img, label, name
 
   def label_and_name(self, i):
     return int(self.labels[int(i)]), self.files[int(i)]
@@ -907,22 +946,49 @@ class _TrainExample:
   def __call__(self, index, rng: np.random.Generator):
     s = int(rng.integers(self.scale_lo, self.scale_hi + 1))
     try:
-      img, label, _ = self.source.get(index, min_side=s)
+      img = self._crop_of_encoded(index, s, rng)
+      if img is None:
+        img = self._crop_of_decoded(index, s, rng)
     except preprocess.DecodeError as e:
       log.warning("skipping training image: %s", e)
       return None
-    img = preprocess.rescale_shorter_side(img, s)
-    if self.pad:
-      img = np.pad(img, [(self.pad, self.pad), (self.pad, self.pad), (0, 0)])
-    img = preprocess.random_crop(img, self.crop, rng)
-    if self.flip and rng.random() < 0.5:
-      img = preprocess.horizontal_flip(img)
+    img, label = img
     if self.pca_std > 0:
       shift = preprocess.pca_shift_vector(rng, self.eigval, self.eigvec,
                                           self.pca_std)
     else:
       shift = np.zeros(3, np.float32)
     return img, np.int32(label), shift
+
+  def _crop_of_encoded(self, index, s, rng):
+    """(crop, label) decoding only what the crop sees, or None if the
+    source or image needs the full decode.  Same draws and (up to
+    interpolation rounding) same pixels as _crop_of_decoded."""
+    read = getattr(self.source, "read", None)
+    if read is None or self.pad:
+      return None
+    data, label, name = read(index)
+    shape = preprocess.rescaled_jpeg_size(data, s)
+    if shape is None:
+      return None  # not a JPEG the fast path handles (reads it again: rare)
+    top, left = preprocess.random_crop_offsets(shape, self.crop, rng)
+    flip = self.flip and rng.random() < 0.5
+    try:
+      img = preprocess.decode_rescaled_crop(data, s, top, left, self.crop,
+                                            flip)
+    except preprocess.DecodeError as e:
+      raise preprocess.DecodeError(f"{name}: {e}") from e
+    return img, label
+
+  def _crop_of_decoded(self, index, s, rng):
+    img, label, _ = self.source.get(index, min_side=s)
+    img = preprocess.rescale_shorter_side(img, s)
+    if self.pad:
+      img = np.pad(img, [(self.pad, self.pad), (self.pad, self.pad), (0, 0)])
+    img = preprocess.random_crop(img, self.crop, rng)
+    if self.flip and rng.random() < 0.5:
+      img = preprocess.horizontal_flip(img)
+    return img, label
 
 
 class _TrainBatch:

@@ -36,6 +36,11 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+try:  # The optional C extension (vgg_jax/_jpegcrop.c); see decode_rescaled_crop.
+  from vgg_jax import _jpegcrop
+except ImportError:  # not built (no compiler / libjpeg headers): full decodes
+  _jpegcrop = None
+
 # OpenCV's own thread pool would fight grain's worker processes for cores.
 cv2.setNumThreads(1)
 
@@ -63,6 +68,18 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+def _dct_denominator(h: int, w: int, min_side: int | None) -> int:
+  """Scale by 1/8, 1/4 or 1/2: the largest keeping the shorter side >= min_side.
+
+  libjpeg-turbo's other k/8 scales are slower than these (3/8 is slower
+  than 1/2; 5/8-7/8 slower than a full decode).
+  """
+  for d in (8, 4, 2):
+    if min_side and min(h, w) // d >= int(min_side):
+      return d
+  return 1
+
+
 def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
   """Encoded image bytes -> uint8 (H, W, 3) RGB.
 
@@ -84,13 +101,9 @@ def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
     try:
       kwargs = {}
       h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-      # Scale by 1/8, 1/4 or 1/2 (the largest that keeps the shorter side
-      # >= min_side).  libjpeg-turbo's other k/8 scales are slower than
-      # these (3/8 is slower than 1/2; 5/8-7/8 slower than a full decode).
-      for d in (8, 4, 2):
-        if min_side and min(h, w) // d >= int(min_side):
-          kwargs = dict(min_height=-(-h // d), min_width=-(-w // d))
-          break
+      d = _dct_denominator(h, w, min_side)
+      if d > 1:
+        kwargs = dict(min_height=-(-h // d), min_width=-(-w // d))
       if colorspace not in ("CMYK", "YCCK"):
         img = simplejpeg.decode_jpeg(data, colorspace="RGB", **kwargs)
         return img
@@ -150,13 +163,24 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
   return img[top:top + size, left:left + size]
 
 
+def random_crop_offsets(shape, size: int,
+                        rng: np.random.Generator) -> tuple[int, int]:
+  """(top, left) of a uniformly random size x size crop of an image of shape
+  (H, W, ...): the draws ``random_crop`` makes."""
+  h, w = shape[:2]
+  if h < size or w < size:
+    raise ValueError(
+        f"cannot take a {size}x{size} crop from a {h}x{w} image; rescale it "
+        f"so that its shorter side is >= {size} first")
+  top = int(rng.integers(0, h - size + 1))
+  left = int(rng.integers(0, w - size + 1))
+  return top, left
+
+
 def random_crop(img: np.ndarray, size: int,
                 rng: np.random.Generator) -> np.ndarray:
   """A size x size crop at a uniformly random position."""
-  _check_crop(img, size)
-  h, w = img.shape[:2]
-  top = int(rng.integers(0, h - size + 1))
-  left = int(rng.integers(0, w - size + 1))
+  top, left = random_crop_offsets(img.shape, size, rng)
   return img[top:top + size, left:left + size]
 
 
@@ -174,6 +198,92 @@ def horizontal_flip(img: np.ndarray) -> np.ndarray:
   else:
     out = cv2.flip(np.ascontiguousarray(img).reshape(-1, w, c), 1)
   return out.reshape(img.shape)
+
+
+# ----------------------------------------------------------------------------
+# Crop-aware decoding: rescale + crop (+ flip) computed from only the part of
+# the JPEG that the crop sees.
+
+
+def _jpeg_fast_geometry(data, side: int):
+  """(h, w, denom) of the DCT-scaled image that ``decode_image(data,
+  min_side=side)`` decodes with libjpeg-turbo, from the header alone; None
+  when ``decode_rescaled_crop`` must take the full-decode path (not a JPEG,
+  CMYK/YCCK, no C extension, or data that does not end in the EOI marker:
+  a truncated file must fail as a whole, not according to where its crop
+  lies)."""
+  if (_jpegcrop is None or not isinstance(data, bytes) or len(data) < 4
+      or data[:2] != _JPEG_MAGIC or data[-2:] != b"\xff\xd9"):
+    return None
+  try:
+    h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+  except ValueError:
+    return None
+  if colorspace in ("CMYK", "YCCK") or h <= 0 or w <= 0:
+    return None
+  d = _dct_denominator(h, w, side)
+  return -(-h // d), -(-w // d), d
+
+
+def rescaled_jpeg_size(data, side: int) -> tuple[int, int] | None:
+  """(H, W) of ``rescale_shorter_side(decode_image(data, min_side=side),
+  side)``, read from the JPEG header without decoding; None when only a
+  decode can tell (e.g. a PNG) or the fast path does not apply."""
+  g = _jpeg_fast_geometry(data, side)
+  return None if g is None else rescaled_size(g[0], g[1], int(side))
+
+
+def decode_rescaled_crop(data: bytes, side: int, top: int, left: int,
+                         size: int, flip: bool = False, *,
+                         fast: bool = True) -> np.ndarray:
+  """The (size, size) crop at (top, left) of the image rescaled to ``side``.
+
+  Equals ``rescale_shorter_side(decode_image(data, min_side=side), side)
+  [top:top + size, left:left + size]`` (mirrored by ``horizontal_flip`` if
+  ``flip``), but for a JPEG decodes only the rectangle the crop samples
+  (libjpeg-turbo's jpeg_skip_scanlines/jpeg_crop_scanline, in the C
+  extension ``_jpegcrop``) and resamples only the crop: bilinear with
+  OpenCV's geometry and fixed-point weights, so the result matches the
+  reference within interpolation rounding (at most a grey level or two:
+  OpenCV's SIMD code rounds its intermediate sums differently; tested on
+  real photos).  Shrinking by 2x or more after DCT scaling (area
+  interpolation), non-JPEG data, CMYK, corrupt or truncated files, or no C
+  extension take the reference path (``fast=False`` forces it), where a
+  crop that no longer fits (a decoder other than libjpeg-turbo can give a
+  1-pixel different size) is moved inside.
+
+  Raises:
+    DecodeError: as ``decode_image``.
+  """
+  side, size = int(side), int(size)
+  g = _jpeg_fast_geometry(data, side) if fast else None
+  if g is not None:
+    hd, wd, denom = g
+    nh, nw = rescaled_size(hd, wd, side)
+    if (0 <= top <= nh - size and 0 <= left <= nw - size
+        and hd < AREA_MIN_FACTOR * nh):
+      # OpenCV's scale (source / destination) and the source pixels that
+      # output rows/columns [top, top + size) / [left, left + size) read,
+      # plus a one-pixel margin (fancy chroma upsampling treats the ends
+      # of a partial decode as image edges).
+      sy, sx = 1.0 / (nh / hd), 1.0 / (nw / wd)
+      y0 = max(int(np.floor((top + 0.5) * sy - 0.5)) - 1, 0)
+      y1 = min(int(np.floor((top + size - 0.5) * sy - 0.5)) + 3, hd)
+      x0 = max(int(np.floor((left + 0.5) * sx - 0.5)) - 2, 0)
+      x1 = min(int(np.floor((left + size - 0.5) * sx - 0.5)) + 4, wd)
+      out = np.empty((size, size, 3), np.uint8)
+      # False: corrupt data (or a colour space libjpeg-turbo does not make
+      # RGB): the reference path decides.
+      if _jpegcrop.decode_crop(data, denom, (x0, y0, x1 - x0, y1 - y0), out,
+                               left, sx, top, sy, flip):
+        return out
+  img = rescale_shorter_side(decode_image(data, min_side=side), side)
+  h, w = img.shape[:2]
+  top, left = min(max(top, 0), h - size), min(max(left, 0), w - size)
+  if top < 0 or left < 0:
+    _check_crop(img, size)
+  img = img[top:top + size, left:left + size]
+  return horizontal_flip(img) if flip else img
 
 
 def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
