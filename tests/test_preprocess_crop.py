@@ -140,3 +140,19 @@ def test_train_batches_same_with_and_without_the_extension(tmp_path,
   np.testing.assert_array_equal(fast["label"], slow["label"])
   assert fast_it.skipped == slow_it.skipped
   assert np.abs(fast["image"] - slow["image"]).max() <= 2.001
+
+
+@needs_ext
+@pytest.mark.parametrize("conv", [conventions.PAPER, conventions.CAFFE,
+                                  conventions.TORCHVISION])
+def test_normalised_crop_into_a_batch_slot(conv, counted):
+  data = F.jpeg_bytes(F.photos_cached()[1])
+  shift = np.float32([3.5, -2.0, 7.25])
+  for flip in (False, True):
+    out = np.full((224, 224, 3), np.nan, np.float32)
+    P.decode_rescaled_crop_into(out, data, 256, 12, 30, flip, conv, shift)
+    ref = np.empty_like(out)
+    P.normalise_into(ref, P.decode_rescaled_crop(data, 256, 12, 30, 224, flip),
+                     conv, shift)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+  assert counted.made == 4

@@ -158,12 +158,57 @@ static void sample_row_ssse3(const int16_t *v, const htap *taps, int n,
 }
 #endif
 
+/* The float32 form: out = value * a[c] + b[c] with the rounded value of
+ * the uint8 form (so the same pixels, normalised), channels reversed first
+ * if bgr (a, b are in output order). */
+typedef struct { float a[4], b[4]; int bgr; } affine;
+
+static void sample_row_f32_scalar(const int16_t *v, const htap *taps, int n,
+                                  float *o, const affine *f) {
+  const int32_t half = 1 << (SHIFT - 1);
+  for (int u = 0; u < n; u++) {
+    const int16_t *p = v + taps[u].offset;
+    const int32_t a0 = taps[u].weights & 0xffff, a1 = taps[u].weights >> 16;
+    for (int c = 0; c < 3; c++) {
+      int src = f->bgr ? 2 - c : c;
+      int32_t x = (p[src] * a0 + p[src + 3] * a1 + half) >> SHIFT;
+      o[3 * u + c] = (float)x * f->a[c] + f->b[c];
+    }
+  }
+}
+
+#ifdef HAVE_X86_SIMD
+__attribute__((target("ssse3")))
+static void sample_row_f32_ssse3(const int16_t *v, const htap *taps, int n,
+                                 float *o, const affine *f) {
+  const __m128i pair = f->bgr
+      ? _mm_setr_epi8(4, 5, 10, 11, 2, 3, 8, 9, 0, 1, 6, 7,
+                      -128, -128, -128, -128)
+      : _mm_setr_epi8(0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11,
+                      -128, -128, -128, -128);
+  const __m128i half = _mm_set1_epi32(1 << (SHIFT - 1));
+  const __m128 a = _mm_loadu_ps(f->a), b = _mm_loadu_ps(f->b);
+  int u = 0;
+  /* Each store writes 4 floats; the 4th is the next pixel's first, written
+   * again by the next step.  So the row's last pixel is done in scalar. */
+  for (; u + 1 < n; u++) {
+    __m128i x = _mm_loadu_si128((const __m128i *)(v + taps[u].offset));
+    x = _mm_madd_epi16(_mm_shuffle_epi8(x, pair),
+                       _mm_set1_epi32(taps[u].weights));
+    x = _mm_srai_epi32(_mm_add_epi32(x, half), SHIFT);
+    _mm_storeu_ps(o + 3 * u, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(x), a), b));
+  }
+  sample_row_f32_scalar(v, taps + u, n - u, o + 3 * u, f);
+}
+#endif
+
 typedef struct {
   const unsigned char *data;
   size_t size;
   int denom, rx, ry, rw, rh;
-  unsigned char *out;
-  int out_h, out_w;
+  unsigned char *out;        /* uint8, or float32 if is_float */
+  int out_h, out_w, is_float;
+  affine norm;
   int x_start, y_start;
   double x_scale, y_scale;
   int flip, fast_dct, fast_upsample;
@@ -257,8 +302,13 @@ static int run_job(crop_job *job) {
   }
   void (*sample_row)(const int16_t *, const htap *, int, unsigned char *) =
       sample_row_scalar;
+  void (*sample_row_f32)(const int16_t *, const htap *, int, float *,
+                         const affine *) = sample_row_f32_scalar;
 #ifdef HAVE_X86_SIMD
-  if (__builtin_cpu_supports("ssse3")) sample_row = sample_row_ssse3;
+  if (__builtin_cpu_supports("ssse3")) {
+    sample_row = sample_row_ssse3;
+    sample_row_f32 = sample_row_f32_ssse3;
+  }
 #endif
   for (int v = 0; v < job->out_h; v++) {
     int j0, j1, b1;
@@ -266,7 +316,12 @@ static int run_job(crop_job *job) {
                &j0, &j1, &b1);
     blend_rows(rows[j0], rows[j1], (b1 + (1 << (COEF_BITS - VBITS - 1))) >>
                                        (COEF_BITS - VBITS), stride, vbuf);
-    sample_row(vbuf, taps, job->out_w, job->out + (size_t)v * job->out_w * 3);
+    size_t first = (size_t)v * job->out_w * 3;
+    if (job->is_float)
+      sample_row_f32(vbuf, taps, job->out_w, (float *)job->out + first,
+                     &job->norm);
+    else
+      sample_row(vbuf, taps, job->out_w, job->out + first);
   }
   result = RESULT_OK;
 done:
@@ -281,29 +336,35 @@ done:
 static PyObject *decode_crop(PyObject *self, PyObject *args, PyObject *kw) {
   static char *names[] = {"data", "denom", "region", "out", "x_start",
                           "x_scale", "y_start", "y_scale", "flip", "fast_dct",
-                          "fast_upsample", NULL};
+                          "fast_upsample", "scale", "offset", "bgr", NULL};
   Py_buffer data, out;
   PyObject *out_obj;
   crop_job job;
+  float *na = job.norm.a, *nb = job.norm.b;
   memset(&job, 0, sizeof(job));
+  na[0] = na[1] = na[2] = 1.f;
   if (!PyArg_ParseTupleAndKeywords(
-          args, kw, "y*i(iiii)Oidid|ppp", names, &data, &job.denom, &job.rx,
-          &job.ry, &job.rw, &job.rh, &out_obj, &job.x_start, &job.x_scale,
-          &job.y_start, &job.y_scale, &job.flip, &job.fast_dct,
-          &job.fast_upsample))
+          args, kw, "y*i(iiii)Oidid|ppp(fff)(fff)p", names, &data, &job.denom,
+          &job.rx, &job.ry, &job.rw, &job.rh, &out_obj, &job.x_start,
+          &job.x_scale, &job.y_start, &job.y_scale, &job.flip, &job.fast_dct,
+          &job.fast_upsample, na, na + 1, na + 2, nb, nb + 1, nb + 2,
+          &job.norm.bgr))
     return NULL;
   if (PyObject_GetBuffer(out_obj, &out,
                          PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)) {
     PyBuffer_Release(&data);
     return NULL;
   }
-  if (out.ndim != 3 || out.shape[2] != 3 || out.itemsize != 1 ||
-      (out.format && strcmp(out.format, "B") != 0) ||
+  const char *fmt = out.format ? out.format : "B";
+  job.is_float = strcmp(fmt, "f") == 0 && out.itemsize == 4;
+  if (out.ndim != 3 || out.shape[2] != 3 ||
+      !(job.is_float || (strcmp(fmt, "B") == 0 && out.itemsize == 1)) ||
       (job.denom != 1 && job.denom != 2 && job.denom != 4 && job.denom != 8)) {
     PyBuffer_Release(&data);
     PyBuffer_Release(&out);
     PyErr_SetString(PyExc_TypeError,
-                    "out must be a C-contiguous uint8 (H, W, 3) array and "
+                    "out must be a C-contiguous uint8 or float32 (H, W, 3) "
+                    "array and "
                     "denom 1, 2, 4 or 8");
     return NULL;
   }
@@ -341,11 +402,14 @@ static PyMethodDef methods[] = {
     {"decode_crop", (PyCFunction)(void (*)(void))decode_crop,
      METH_VARARGS | METH_KEYWORDS,
      "decode_crop(data, denom, (x, y, w, h), out, x_start, x_scale, y_start, "
-     "y_scale, flip=False, fast_dct=False, fast_upsample=False) -> bool\n\n"
+     "y_scale, flip=False, fast_dct=False, fast_upsample=False, "
+     "scale=(1, 1, 1), offset=(0, 0, 0), bgr=False) -> bool\n\n"
      "Decodes the rectangle (x, y, w, h) of the JPEG scaled by 1/denom and "
      "fills out[v, u] with pixel (y_start + v, x_start + u') of "
      "cv2.resize(scaled image, interpolation=INTER_LINEAR) by x_scale, "
      "y_scale (source / destination size), u' = W-1-u if flip else u.  "
+     "A float32 out gets that uint8 value times scale plus offset (per "
+     "output channel; channels reversed first if bgr).  "
      "The rectangle must hold every pixel sampled, plus one on each side "
      "that is not an image edge.  False: a colour space the decoder does "
      "not turn into RGB "

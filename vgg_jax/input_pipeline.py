@@ -943,27 +943,47 @@ class _TrainExample:
     self.eigval = np.asarray(data_cfg.pca_eigval, np.float64)
     self.eigvec = np.asarray(data_cfg.pca_eigvec, np.float64)
 
-  def __call__(self, index, rng: np.random.Generator):
+  def __call__(self, index, rng: np.random.Generator, out=None,
+               convention=None):
+    """-> (uint8 crop, label, RGB shift), or None if undecodable.
+
+    With ``out`` (a float32 (crop, crop, 3) slot) and ``convention``, a
+    JPEG that the crop-aware decoder handles is written there already
+    normalised (shift included) and the crop returned is None.
+    """
     s = int(rng.integers(self.scale_lo, self.scale_hi + 1))
     try:
-      img = self._crop_of_encoded(index, s, rng)
-      if img is None:
-        img = self._crop_of_decoded(index, s, rng)
+      plan = self._plan_encoded_crop(index, s, rng)
+      if plan is None:
+        img, label = self._crop_of_decoded(index, s, rng)
     except preprocess.DecodeError as e:
       log.warning("skipping training image: %s", e)
       return None
-    img, label = img
     if self.pca_std > 0:
       shift = preprocess.pca_shift_vector(rng, self.eigval, self.eigvec,
                                           self.pca_std)
     else:
       shift = np.zeros(3, np.float32)
+    if plan is not None:
+      data, top, left, flip, label, name = plan
+      try:
+        if out is not None and convention is not None:
+          preprocess.decode_rescaled_crop_into(out, data, s, top, left, flip,
+                                               convention, shift)
+          img = None
+        else:
+          img = preprocess.decode_rescaled_crop(data, s, top, left,
+                                                self.crop, flip)
+      except preprocess.DecodeError as e:
+        log.warning("skipping training image: %s: %s", name, e)
+        return None
     return img, np.int32(label), shift
 
-  def _crop_of_encoded(self, index, s, rng):
-    """(crop, label) decoding only what the crop sees, or None if the
-    source or image needs the full decode.  Same draws and (up to
-    interpolation rounding) same pixels as _crop_of_decoded."""
+  def _plan_encoded_crop(self, index, s, rng):
+    """(bytes, top, left, flip, label, name) for decoding only what the
+    crop sees, or None if the source or image needs the full decode.  Makes
+    the same draws as _crop_of_decoded, so both give the same crop (up to
+    interpolation rounding)."""
     read = getattr(self.source, "read", None)
     if read is None or self.pad:
       return None
@@ -973,12 +993,7 @@ class _TrainExample:
       return None  # not a JPEG the fast path handles (reads it again: rare)
     top, left = preprocess.random_crop_offsets(shape, self.crop, rng)
     flip = self.flip and rng.random() < 0.5
-    try:
-      img = preprocess.decode_rescaled_crop(data, s, top, left, self.crop,
-                                            flip)
-    except preprocess.DecodeError as e:
-      raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, label
+    return data, top, left, flip, label, name
 
   def _crop_of_decoded(self, index, s, rng):
     img, label, _ = self.source.get(index, min_side=s)
@@ -1008,8 +1023,11 @@ class _TrainBatch:
     self.seed = int(seed)
 
   def __call__(self, batch_number: int, indices: np.ndarray) -> dict:
+    crop = self.example.crop
+    images = np.empty((len(indices), crop, crop, 3), np.float32)
     made = [self.example(int(i), np.random.default_rng(
-        [self.seed, batch_number, j])) for j, i in enumerate(indices)]
+        [self.seed, batch_number, j]), images[j], self.convention)
+            for j, i in enumerate(indices)]
     good = [j for j, m in enumerate(made) if m is not None]
     if not good:
       raise ValueError(
@@ -1021,11 +1039,11 @@ class _TrainBatch:
     for n, j in enumerate(j for j, m in enumerate(made) if m is None):
       donor = int(indices[good[n % len(good)]])
       made[j] = self.example(donor, np.random.default_rng(
-          [self.seed, batch_number, j, 1]))
+          [self.seed, batch_number, j, 1]), images[j], self.convention)
       skipped[j] = 1
-    images = np.empty((len(made),) + made[0][0].shape, np.float32)
     for j, (img, _, shift) in enumerate(made):
-      preprocess.normalise_into(images[j], img, self.convention, shift)
+      if img is not None:  # else already written, normalised, into images[j]
+        preprocess.normalise_into(images[j], img, self.convention, shift)
     return {"image": images,
             "label": np.asarray([m[1] for m in made], np.int32),
             "num_skipped": skipped}

@@ -233,6 +233,28 @@ def rescaled_jpeg_size(data, side: int) -> tuple[int, int] | None:
   return None if g is None else rescaled_size(g[0], g[1], int(side))
 
 
+def _fast_crop_args(data, side: int, top: int, left: int, size: int):
+  """decode_crop's arguments for the crop-aware path, or None."""
+  g = _jpeg_fast_geometry(data, side)
+  if g is None:
+    return None
+  hd, wd, denom = g
+  nh, nw = rescaled_size(hd, wd, side)
+  if not (0 <= top <= nh - size and 0 <= left <= nw - size
+          and hd < AREA_MIN_FACTOR * nh):
+    return None
+  # OpenCV's scale (source / destination) and the source pixels that output
+  # rows/columns [top, top + size) / [left, left + size) read, plus a margin
+  # (fancy chroma upsampling treats the ends of a partial decode as image
+  # edges).
+  sy, sx = 1.0 / (nh / hd), 1.0 / (nw / wd)
+  y0 = max(int(np.floor((top + 0.5) * sy - 0.5)) - 1, 0)
+  y1 = min(int(np.floor((top + size - 0.5) * sy - 0.5)) + 3, hd)
+  x0 = max(int(np.floor((left + 0.5) * sx - 0.5)) - 2, 0)
+  x1 = min(int(np.floor((left + size - 0.5) * sx - 0.5)) + 4, wd)
+  return data, denom, (x0, y0, x1 - x0, y1 - y0), left, sx, top, sy
+
+
 def decode_rescaled_crop(data: bytes, side: int, top: int, left: int,
                          size: int, flip: bool = False, *,
                          fast: bool = True) -> np.ndarray:
@@ -244,9 +266,9 @@ def decode_rescaled_crop(data: bytes, side: int, top: int, left: int,
   (libjpeg-turbo's jpeg_skip_scanlines/jpeg_crop_scanline, in the C
   extension ``_jpegcrop``) and resamples only the crop: bilinear with
   OpenCV's geometry and fixed-point weights, so the result matches the
-  reference within interpolation rounding (at most a grey level or two:
-  OpenCV's SIMD code rounds its intermediate sums differently; tested on
-  real photos).  Shrinking by 2x or more after DCT scaling (area
+  reference within interpolation rounding (at most 2 grey levels, ~90% of
+  values equal: OpenCV's SIMD code rounds intermediate sums differently;
+  tested on real photos).  Shrinking by 2x or more after DCT scaling (area
   interpolation), non-JPEG data, CMYK, corrupt or truncated files, or no C
   extension take the reference path (``fast=False`` forces it), where a
   crop that no longer fits (a decoder other than libjpeg-turbo can give a
@@ -256,27 +278,13 @@ def decode_rescaled_crop(data: bytes, side: int, top: int, left: int,
     DecodeError: as ``decode_image``.
   """
   side, size = int(side), int(size)
-  g = _jpeg_fast_geometry(data, side) if fast else None
-  if g is not None:
-    hd, wd, denom = g
-    nh, nw = rescaled_size(hd, wd, side)
-    if (0 <= top <= nh - size and 0 <= left <= nw - size
-        and hd < AREA_MIN_FACTOR * nh):
-      # OpenCV's scale (source / destination) and the source pixels that
-      # output rows/columns [top, top + size) / [left, left + size) read,
-      # plus a one-pixel margin (fancy chroma upsampling treats the ends
-      # of a partial decode as image edges).
-      sy, sx = 1.0 / (nh / hd), 1.0 / (nw / wd)
-      y0 = max(int(np.floor((top + 0.5) * sy - 0.5)) - 1, 0)
-      y1 = min(int(np.floor((top + size - 0.5) * sy - 0.5)) + 3, hd)
-      x0 = max(int(np.floor((left + 0.5) * sx - 0.5)) - 2, 0)
-      x1 = min(int(np.floor((left + size - 0.5) * sx - 0.5)) + 4, wd)
-      out = np.empty((size, size, 3), np.uint8)
-      # False: corrupt data (or a colour space libjpeg-turbo does not make
-      # RGB): the reference path decides.
-      if _jpegcrop.decode_crop(data, denom, (x0, y0, x1 - x0, y1 - y0), out,
-                               left, sx, top, sy, flip):
-        return out
+  args = _fast_crop_args(data, side, top, left, size) if fast else None
+  if args is not None:
+    out = np.empty((size, size, 3), np.uint8)
+    # False: corrupt data (or a colour space libjpeg-turbo does not make
+    # RGB): the reference path decides.
+    if _jpegcrop.decode_crop(*args[:3], out, *args[3:], flip):
+      return out
   img = rescale_shorter_side(decode_image(data, min_side=side), side)
   h, w = img.shape[:2]
   top, left = min(max(top, 0), h - size), min(max(left, 0), w - size)
@@ -284,6 +292,38 @@ def decode_rescaled_crop(data: bytes, side: int, top: int, left: int,
     _check_crop(img, size)
   img = img[top:top + size, left:left + size]
   return horizontal_flip(img) if flip else img
+
+
+def decode_rescaled_crop_into(out: np.ndarray, data: bytes, side: int,
+                              top: int, left: int, flip: bool, convention,
+                              rgb_shift=None) -> None:
+  """``normalise_into(out, decode_rescaled_crop(...), convention,
+  rgb_shift)``, in one pass when the crop-aware path applies: the C
+  extension writes ``convention.normalise(crop + rgb_shift)`` (the same
+  rounded pixels, then the affine map) straight into the float32 slot."""
+  size = out.shape[0]
+  args = None
+  if (out.shape == (size, size, 3) and out.dtype == np.float32
+      and out.flags.c_contiguous):
+    args = _fast_crop_args(data, int(side), top, left, size)
+  if args is not None:
+    scale = np.float32(convention.scale)
+    mean = np.broadcast_to(np.asarray(convention.mean, np.float32), (3,))
+    std = np.broadcast_to(np.asarray(convention.std, np.float32), (3,))
+    shift = (np.zeros(3, np.float32) if rgb_shift is None
+             else np.asarray(rgb_shift, np.float32).reshape(3))
+    bgr = convention.channel_order == "BGR"
+    if bgr:
+      shift = shift[::-1]
+    # ((x + shift) * scale - mean) / std = x * a + (shift - mean / scale) * a
+    a = scale / std
+    b = (shift - mean / scale) * a
+    if _jpegcrop.decode_crop(*args[:3], out, *args[3:], flip,
+                             scale=tuple(map(float, a)),
+                             offset=tuple(map(float, b)), bgr=bgr):
+      return
+  crop = decode_rescaled_crop(data, side, top, left, size, flip, fast=False)
+  normalise_into(out, crop, convention, rgb_shift)
 
 
 def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
