@@ -18,11 +18,17 @@ scikit-learn ship, at 500x375 (ImageNet's typical size), 640x427 and
   counting) reading the JPEGs from a class folder, in the main thread;
 - Fashion-MNIST: our vectorised in-memory training batches (32x32 crops);
 - decode only: simplejpeg.decode_jpeg vs tf.io.decode_jpeg at full size
-  (both are libjpeg-turbo): the floor under both pipelines.
+  (both are libjpeg-turbo): what a full decode costs;
+- tf.data train, decode_and_crop: tf.data doing the training transform
+  crop-aware as well (tf.io.decode_and_crop_jpeg of the crop's source
+  window, then resize to 224): for reference, not the goal's baseline.
 
-tf.data's resize is bilinear without anti-aliasing (its default and its
-fastest); ours uses area interpolation when shrinking (anti-aliased) and
-libjpeg-turbo DCT-domain downscaling.
+Both decode with libjpeg-turbo's defaults (accurate integer IDCT, fancy
+upsampling).  Ours decodes crop-aware when the C extension
+vgg_jax/_jpegcrop.c is built (printed; see docs/data.md): only the rows and
+columns the 224 crop samples, bilinear with OpenCV's geometry (tf.data's
+resize is bilinear too, half-pixel centres), at a 1/2-1/8 DCT scale when
+the photo is at least twice S.
 """
 
 from __future__ import annotations
@@ -160,6 +166,26 @@ def tf_data(jpegs, seconds):
     image = tf.image.random_flip_left_right(image)
     return image - mean
 
+  def train_decode_and_crop(data):
+    # The same work done crop-aware, as TF can: pick the crop in rescaled
+    # coordinates, decode only its source window (decode_and_crop_jpeg, the
+    # libjpeg-turbo partial decoding our C extension uses too) and resize
+    # the window to 224 (geometry within a pixel of the rows above).
+    shape = tf.image.extract_jpeg_shape(data)[:2]
+    size = tf.cast(shape, tf.float32)
+    scale = S / tf.reduce_min(size)
+    new = tf.cast(tf.round(size * scale), tf.int32)
+    start = tf.stack([tf.random.uniform([], 0, new[i] - CROP + 1, tf.int32)
+                      for i in range(2)])
+    lo = tf.cast(tf.floor(tf.cast(start, tf.float32) / scale), tf.int32)
+    hi = tf.minimum(tf.cast(tf.math.ceil(
+        tf.cast(start + CROP, tf.float32) / scale), tf.int32), shape)
+    image = tf.io.decode_and_crop_jpeg(
+        data, tf.concat([lo, hi - lo], 0), channels=3)
+    image = tf.image.resize(image, [CROP, CROP])
+    image = tf.image.random_flip_left_right(image)
+    return image - mean
+
   def evaluate(data):
     image = rescale(tf.io.decode_jpeg(data, channels=3), Q)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -178,7 +204,8 @@ def tf_data(jpegs, seconds):
     return rate(lambda _: next(it).numpy(), [None] * len(jpegs), seconds)
 
   return (run(train), run(evaluate),
-          run(lambda data: tf.io.decode_jpeg(data, channels=3)))
+          run(lambda data: tf.io.decode_jpeg(data, channels=3)),
+          run(train_decode_and_crop))
 
 
 def grain_pipeline(jpegs, seconds):
@@ -222,12 +249,13 @@ def main():
   for size in SIZES:
     jpegs = make_jpegs(size)
     o_train, o_eval, o_decode = ours(jpegs, args.seconds)
-    t_train, t_eval, t_decode = tf_data(jpegs, args.seconds)
+    t_train, t_eval, t_decode, t_train_crop = tf_data(jpegs, args.seconds)
     rows.append({"size": f"{size[0]}x{size[1]}",
                  "ours_train": o_train, "tf_data_train": t_train,
                  "ours_eval": o_eval, "tf_data_eval": t_eval,
                  "decode_only_simplejpeg": o_decode,
-                 "decode_only_tf": t_decode})
+                 "decode_only_tf": t_decode,
+                 "tf_data_train_decode_and_crop": t_train_crop})
   grain_rate = grain_pipeline(make_jpegs(SIZES[0]), args.seconds)
   try:
     fmnist = fashion_mnist(args.seconds)
@@ -237,14 +265,20 @@ def main():
         f"{os.cpu_count()} cores on the machine)")
   print(f"{'JPEG size':>10} | {'train ours':>10} {'tf.data':>8} {'x':>5} | "
         f"{'eval ours':>10} {'tf.data':>8} {'x':>5} | "
-        f"{'decode only: simplejpeg':>23} {'tf':>6}")
+        f"{'decode only: simplejpeg':>23} {'tf':>6} | "
+        f"{'tf.data train, decode_and_crop':>30}")
   for r in rows:
     r["train_speedup"] = r["ours_train"] / r["tf_data_train"]
     r["eval_speedup"] = r["ours_eval"] / r["tf_data_eval"]
     print(f"{r['size']:>10} | {r['ours_train']:10.0f} {r['tf_data_train']:8.0f} "
           f"{r['train_speedup']:5.2f} | {r['ours_eval']:10.0f} "
           f"{r['tf_data_eval']:8.0f} {r['eval_speedup']:5.2f} | "
-          f"{r['decode_only_simplejpeg']:23.0f} {r['decode_only_tf']:6.0f}")
+          f"{r['decode_only_simplejpeg']:23.0f} {r['decode_only_tf']:6.0f} | "
+          f"{r['tf_data_train_decode_and_crop']:30.0f}")
+  from vgg_jax import preprocess as P  # pylint: disable=g-import-not-at-top
+  crop_aware = P._jpegcrop is not None  # pylint: disable=protected-access
+  print(f"crop-aware C decoder (vgg_jax._jpegcrop): "
+        f"{'built' if crop_aware else 'NOT BUILT: full decodes'}")
   print(f"full grain training iterator, 500x375 JPEGs from a folder: "
         f"{grain_rate:.0f} images/s")
   if fmnist:
@@ -254,6 +288,7 @@ def main():
                         "cpu_count": os.cpu_count(), "cores_used": 1,
                         "python": platform.python_version()},
             "command": "python benchmarks/input_pipeline.py",
+            "crop_aware_decoder": crop_aware,
             "S": S, "Q": Q, "crop": CROP, "rows": rows,
             "grain_train_iterator_500x375": grain_rate,
             "fashion_mnist_train": fmnist}

@@ -1,11 +1,13 @@
 """Crop-aware decoding (preprocess.decode_rescaled_crop, the _jpegcrop C
 extension) against the reference: decode, rescale, then crop and flip."""
 
+import io
 import pathlib
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import data_fixtures as F  # noqa: E402
@@ -75,6 +77,22 @@ def test_fast_path_matches_resize_then_crop_on_photos(counted):
   # Same geometry; only the fixed-point rounding differs from OpenCV's.
   assert diffs[3:].sum() == 0, diffs[:8]
   assert diffs[0] / diffs.sum() > 0.8, diffs[:8]
+
+
+@needs_ext
+@pytest.mark.parametrize("save", [dict(subsampling=0), dict(subsampling=1),
+                                  dict(progressive=True)],
+                         ids=["444", "422", "progressive"])
+def test_fast_path_other_jpeg_layouts(save, counted):
+  img = F.photos_cached()[5][:, :500]  # 427 x 500
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=90, **save)
+  data = buf.getvalue()
+  for top, left, flip in [(0, 0, False), (32, 75, True), (19, 40, False)]:
+    fast = P.decode_rescaled_crop(data, 256, top, left, 224, flip)
+    ref = _reference(data, 256, top, left, 224, flip)
+    assert np.abs(fast.astype(int) - ref).max() <= 2
+  assert counted.made == 3
 
 
 @needs_ext

@@ -294,6 +294,24 @@ def decode_rescaled_crop(data: bytes, side: int, top: int, left: int,
   return horizontal_flip(img) if flip else img
 
 
+_AFFINE = {}
+
+
+def _affine_of(convention, channels: int = 3):
+  """(a, mean / scale, bgr) with ``convention.normalise(x + shift) =
+  x * a + (shift - mean / scale) * a`` per output channel (float32
+  (channels,)); cached, as it is needed per image."""
+  key = (convention.channel_order, convention.scale, tuple(convention.mean),
+         tuple(convention.std), channels)
+  if key not in _AFFINE:
+    scale = np.float32(convention.scale)
+    mean = np.broadcast_to(np.asarray(convention.mean, np.float32), (channels,))
+    std = np.broadcast_to(np.asarray(convention.std, np.float32), (channels,))
+    _AFFINE[key] = (scale / std, mean / scale,
+                    convention.channel_order == "BGR")
+  return _AFFINE[key]
+
+
 def decode_rescaled_crop_into(out: np.ndarray, data: bytes, side: int,
                               top: int, left: int, flip: bool, convention,
                               rgb_shift=None) -> None:
@@ -307,20 +325,14 @@ def decode_rescaled_crop_into(out: np.ndarray, data: bytes, side: int,
       and out.flags.c_contiguous):
     args = _fast_crop_args(data, int(side), top, left, size)
   if args is not None:
-    scale = np.float32(convention.scale)
-    mean = np.broadcast_to(np.asarray(convention.mean, np.float32), (3,))
-    std = np.broadcast_to(np.asarray(convention.std, np.float32), (3,))
-    shift = (np.zeros(3, np.float32) if rgb_shift is None
-             else np.asarray(rgb_shift, np.float32).reshape(3))
-    bgr = convention.channel_order == "BGR"
-    if bgr:
-      shift = shift[::-1]
-    # ((x + shift) * scale - mean) / std = x * a + (shift - mean / scale) * a
-    a = scale / std
-    b = (shift - mean / scale) * a
+    a, mean_over_scale, bgr = _affine_of(convention)
+    if rgb_shift is None:
+      b = -mean_over_scale * a
+    else:
+      shift = np.asarray(rgb_shift, np.float32).reshape(3)
+      b = ((shift[::-1] if bgr else shift) - mean_over_scale) * a
     if _jpegcrop.decode_crop(*args[:3], out, *args[3:], flip,
-                             scale=tuple(map(float, a)),
-                             offset=tuple(map(float, b)), bgr=bgr):
+                             scale=a.tolist(), offset=b.tolist(), bgr=bgr):
       return
   crop = decode_rescaled_crop(data, side, top, left, size, flip, fast=False)
   normalise_into(out, crop, convention, rgb_shift)
@@ -418,25 +430,22 @@ def normalise_into(out: np.ndarray, image: np.ndarray, convention,
   if c not in (1, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
     out[...] = normalise_images(image, convention, rgb_shift)
     return
-  scale = np.float32(convention.scale)
-  mean = np.broadcast_to(np.asarray(convention.mean, np.float32), (c,))
-  std = np.broadcast_to(np.asarray(convention.std, np.float32), (c,))
-  shift = (np.zeros(c, np.float32) if rgb_shift is None
-           else np.asarray(rgb_shift, np.float32).reshape(c))
-  if convention.channel_order == "BGR" and c == 3:
+  a, value, bgr = _affine_of(convention, c)
+  bgr = bgr and c == 3
+  if rgb_shift is not None:
+    shift = np.asarray(rgb_shift, np.float32).reshape(c)
+    value = value - (shift[::-1] if bgr else shift)
+  if bgr:
     image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
-    shift = shift[::-1]
   elif image.strides[1] != c or image.strides[2] != 1:
     image = np.ascontiguousarray(image)
   # ((x + shift) * scale - mean) / std = (x - (mean / scale - shift)) * a
-  value = mean / scale - shift
   if c == 1:
     cv2.subtract(image.reshape(h, w), float(value[0]),
                  dst=out.reshape(h, w), dtype=cv2.CV_32F)
   else:
-    cv2.subtract(image, tuple(float(v) for v in value) + (0.0,), dst=out,
-                 dtype=cv2.CV_32F)
-  a = scale / std
+    cv2.subtract(image, (float(value[0]), float(value[1]), float(value[2]),
+                         0.0), dst=out, dtype=cv2.CV_32F)
   if np.any(a != 1):
     flat = out.reshape(h, w * c)
     flat *= np.tile(a, w)
