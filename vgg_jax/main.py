@@ -61,6 +61,9 @@ def multihost_requested(environ=os.environ) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Before JAX starts its thread pools (see vgg_jax/host_malloc.py).
+  from vgg_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  host_malloc.reuse_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
   if multihost_requested():
     # CPU-only multi-process runs (a rehearsal, launch/local_multiprocess_cpu.sh)
