@@ -50,6 +50,9 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
       dropout_rate=0.5,
       # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
       dtype="float32",
+      # "auto" (patches x matrix on CPU, XLA's conv elsewhere), "xla",
+      # "im2col": see vgg_jax/models/conv.py.  Same weights and numbers.
+      conv_impl="auto",
   ))
   c.data = input_pipeline.default_data_config(data_source)
   c.seed = 0

@@ -440,6 +440,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # --- Model, optimiser, state. ---
   model = create_model(**kwargs, init=config.model.init, dtype=dtype,
                        dropout_rate=config.model.dropout_rate,
+                       conv_impl=config.model.conv_impl,
                        rngs=nnx.Rngs(config.seed))
   tx = make_optimizer(config, total_steps=total_steps,
                       steps_per_epoch=steps_per_epoch,
