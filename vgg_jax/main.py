@@ -20,7 +20,13 @@ import os
 import pathlib
 import sys
 
-from absl import app
+from vgg_jax import host_malloc
+
+# First, before any thread has a malloc arena (the config file imports
+# TensorFlow/JAX modules): see vgg_jax/host_malloc.py.
+host_malloc.reuse_freed_memory()
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
@@ -61,9 +67,6 @@ def multihost_requested(environ=os.environ) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Before JAX starts its thread pools (see vgg_jax/host_malloc.py).
-  from vgg_jax import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.reuse_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
   if multihost_requested():
     # CPU-only multi-process runs (a rehearsal, launch/local_multiprocess_cpu.sh)
