@@ -77,9 +77,13 @@ def matmul_peak(dtype, sizes=(2048, 3072, 4096), repeats: int = 5) -> dict:
   return best
 
 
-def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes):
+def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes,
+         net_kwargs=None):
+  net_kwargs = dict(net_kwargs or {})
+  channels = net_kwargs.pop("in_channels", 3)
   model = create_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0),
-                       init="glorot", dtype=DTYPES[dtype], conv_impl=conv_impl)
+                       init="glorot", dtype=DTYPES[dtype], conv_impl=conv_impl,
+                       in_channels=channels, **net_kwargs)
   tx = optim.sgd(1e-2)  # the paper's: momentum 0.9, coupled decay 5e-4
   graphdef, state = train.create_train_state(model, tx)
   del model
@@ -89,7 +93,7 @@ def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes):
   step = train.make_train_step(graphdef, tx, seed=0, mesh=mesh,
                                state_shardings=state_sh)
   rng = np.random.default_rng(0)
-  batch_np = {"image": rng.normal(0, 60, (batch, size, size, 3)).astype(
+  batch_np = {"image": rng.normal(0, 60, (batch, size, size, channels)).astype(
       np.float32), "label": rng.integers(0, num_classes, batch, np.int32)}
   device_batch = sharding.shard_batch(batch_np, mesh)
   holder = {"state": state, "metrics": jax.device_put(
@@ -144,11 +148,23 @@ def main(argv=None):
   p.add_argument("--num-classes", type=int, default=1000)
   p.add_argument("--conv-impl", default="auto",
                  help="auto|xla|im2col; several comma-separated to compare")
+  # A width-reduced net, e.g. the Fashion-MNIST default: --model A
+  # --image-size 32 --width-mult 0.1875 --fc-width 512 --head-window 1
+  # --in-channels 1 --num-classes 10 --batch 128 (Keras is then skipped).
+  p.add_argument("--width-mult", type=float, default=1.0)
+  p.add_argument("--fc-width", type=int, default=4096)
+  p.add_argument("--head-window", type=int, default=None)
+  p.add_argument("--in-channels", type=int, default=3)
   p.add_argument("--no-keras", action="store_true")
   p.add_argument("--output", default="benchmarks/results/train_step.json")
   args = p.parse_args(argv)
 
-  flops_per_image = 2 * 3 * count_macs(net_spec(args.model), args.image_size,
+  net_kwargs = {"width_mult": args.width_mult, "fc_width": args.fc_width}
+  if args.head_window is not None:
+    net_kwargs["head_window"] = args.head_window
+  flops_per_image = 2 * 3 * count_macs(net_spec(args.model, **net_kwargs),
+                                       args.image_size,
+                                       in_channels=args.in_channels,
                                        num_classes=args.num_classes)
   flops_per_step = flops_per_image * args.batch
   peak = matmul_peak(DTYPES[args.dtype])
@@ -164,8 +180,12 @@ def main(argv=None):
   for impl in args.conv_impl.split(","):
     add(f"vgg_jax ({impl})", ours(args.model, args.batch, args.image_size,
                                   args.dtype, args.steps, impl,
-                                  args.num_classes))
-  if not args.no_keras and args.model in KERAS_APPS:
+                                  args.num_classes,
+                                  dict(net_kwargs,
+                                       in_channels=args.in_channels)))
+  full_size = (args.width_mult == 1.0 and args.fc_width == 4096 and
+               args.head_window is None and args.in_channels == 3)
+  if not args.no_keras and args.model in KERAS_APPS and full_size:
     add(f"keras {KERAS_APPS[args.model]}",
         keras_step(args.model, args.batch, args.image_size, args.dtype,
                    args.steps, args.num_classes))
@@ -183,7 +203,11 @@ def main(argv=None):
 
   device = jax.devices()[0]
   report = {
-      "model": args.model, "batch": args.batch,
+      "model": args.model, "net": dict(net_kwargs,
+                                       in_channels=args.in_channels),
+      "batch": args.batch,
+      # vgg_jax.host_malloc (VGG_JAX_GLIBC_MALLOC=default turns it off).
+      "glibc_malloc_tuned": host_malloc.reuse_freed_memory(),
       "image_size": args.image_size, "dtype": args.dtype,
       "flops_per_image": flops_per_image,
       "peak": peak, "peak_after": peak_after,
