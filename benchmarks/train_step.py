@@ -78,12 +78,13 @@ def matmul_peak(dtype, sizes=(2048, 3072, 4096), repeats: int = 5) -> dict:
 
 
 def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes,
-         net_kwargs=None):
-  net_kwargs = dict(net_kwargs or {})
-  channels = net_kwargs.pop("in_channels", 3)
+         net=None):
+  """``net``: create_model's width arguments (width_mult, in_channels ...)."""
+  net = net or {}
+  channels = net.get("in_channels", 3)
   model = create_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0),
                        init="glorot", dtype=DTYPES[dtype], conv_impl=conv_impl,
-                       in_channels=channels, **net_kwargs)
+                       **net)
   tx = optim.sgd(1e-2)  # the paper's: momentum 0.9, coupled decay 5e-4
   graphdef, state = train.create_train_state(model, tx)
   del model
@@ -166,6 +167,7 @@ def main(argv=None):
                                        args.image_size,
                                        in_channels=args.in_channels,
                                        num_classes=args.num_classes)
+  net = dict(net_kwargs, in_channels=args.in_channels)
   flops_per_step = flops_per_image * args.batch
   peak = matmul_peak(DTYPES[args.dtype])
   rows = []
@@ -180,9 +182,7 @@ def main(argv=None):
   for impl in args.conv_impl.split(","):
     add(f"vgg_jax ({impl})", ours(args.model, args.batch, args.image_size,
                                   args.dtype, args.steps, impl,
-                                  args.num_classes,
-                                  dict(net_kwargs,
-                                       in_channels=args.in_channels)))
+                                  args.num_classes, net))
   full_size = (args.width_mult == 1.0 and args.fc_width == 4096 and
                args.head_window is None and args.in_channels == 3)
   if not args.no_keras and args.model in KERAS_APPS and full_size:
@@ -203,8 +203,7 @@ def main(argv=None):
 
   device = jax.devices()[0]
   report = {
-      "model": args.model, "net": dict(net_kwargs,
-                                       in_channels=args.in_channels),
+      "model": args.model, "net": net,
       "batch": args.batch,
       # vgg_jax.host_malloc (VGG_JAX_GLIBC_MALLOC=default turns it off).
       "glibc_malloc_tuned": host_malloc.reuse_freed_memory(),
