@@ -64,8 +64,13 @@ class SynthConfig:
 
 def backgrounds() -> list[np.ndarray]:
   """The bundled colour photos (no download): RGB uint8."""
-  import skimage.data  # pylint: disable=g-import-not-at-top
-  from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  try:
+    import skimage.data  # pylint: disable=g-import-not-at-top
+    from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "the synthetic localisation set pastes onto the photos bundled with "
+        "scikit-image and scikit-learn: pip install 'vgg_jax[synth]'") from e
   out = [skimage.data.astronaut(), skimage.data.coffee(),
          skimage.data.chelsea(), skimage.data.rocket(),
          skimage.data.hubble_deep_field(),
