@@ -187,3 +187,10 @@ def test_union_and_top_k():
   assert top[1][2] == pytest.approx(3.0)
   with pytest.raises(ValueError, match="boxes"):
     B.union(([[0, 0, 1, 1]], [1.0, 2.0], [0]))
+
+
+def test_centre_box():
+  np.testing.assert_allclose(B.centre_box((10, 20), 0.5), [5, 2.5, 14, 6.5])
+  np.testing.assert_allclose(B.centre_box((10, 20), 1.0), [0, 0, 19, 9])
+  with pytest.raises(ValueError, match="fraction"):
+    B.centre_box((10, 20), 0)

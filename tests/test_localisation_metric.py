@@ -119,9 +119,23 @@ def _rand_box(rng):
   return [int(x[0]), int(y[0]), int(x[1]), int(y[1])]
 
 
+def _guess(rng, boxes, labels):
+  """Half the guesses: a ground-truth box nudged by up to 2 pixels per end
+  (IoU near the 0.5 boundary for small boxes), with its class or another."""
+  if rng.random() < 0.5:
+    return int(rng.integers(0, 3)), _rand_box(rng)
+  k = int(rng.integers(len(boxes)))
+  b = np.array(boxes[k]) + rng.integers(-2, 3, 4)
+  b = [int(min(b[0], b[2])), int(min(b[1], b[3])), int(max(b[0], b[2])),
+       int(max(b[1], b[3]))]
+  cls = labels[k] if rng.random() < 0.8 else int(rng.integers(0, 3))
+  return cls, b
+
+
 def test_top5_matches_reference_on_random_cases():
   rng = np.random.default_rng(0)
-  for trial in range(30):
+  scored = []
+  for trial in range(60):
     gt_ref, gt, pred = {}, {}, {}
     for i in range(int(rng.integers(1, 8))):
       m = int(rng.integers(1, 4))
@@ -130,7 +144,10 @@ def test_top5_matches_reference_on_random_cases():
       image_labels = list(dict.fromkeys(labels))
       gt_ref[i] = (boxes, labels, image_labels)
       gt[i] = _gt(boxes, labels)
-      pred[i] = [(int(rng.integers(0, 3)), _rand_box(rng))
+      pred[i] = [_guess(rng, boxes, labels)
                  for _ in range(int(rng.integers(0, 7)))]
-    got = M.top5_localisation_error(pred, gt).error
-    assert got == pytest.approx(_reference_top5(pred, gt_ref)), trial
+    got = M.top5_localisation_error(pred, gt)
+    assert got.error == pytest.approx(_reference_top5(pred, gt_ref)), trial
+    scored += list(got.per_image.values())
+  # The cases exercise right, wrong and (several labels) partial images.
+  assert {0.0, 1.0} <= set(scored) and len(set(scored)) > 2

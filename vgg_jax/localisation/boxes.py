@@ -225,6 +225,17 @@ def visible_fraction(boxes, hw: tuple[int, int]) -> np.ndarray:
                                                                  1), 0.0)
 
 
+def centre_box(image_hw: tuple[int, int], fraction: float = 0.75
+               ) -> np.ndarray:
+  """The centre-box baseline: a box centred in the image, ``fraction`` of its
+  height and width (at least one pixel), in the module's convention."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
+  h, w = _check_hw(image_hw)
+  bw, bh = max(w * fraction, _MIN_SIDE), max(h * fraction, _MIN_SIDE)
+  return from_centre_size(np.array([w / 2, h / 2, bw, bh]))
+
+
 # What to do with an image holding several boxes of the target class.
 MULTI_BOX_RULES = ("largest_visible", "first")
 
