@@ -209,3 +209,26 @@ def test_safe_parse_refuses_entities():
                                      size_wh=(40, 30),
                                      objects=[("n1", (1, 2, 3, 4))]), counts)
   assert ann.size_wh == (40, 30) and ann.objects[0].box == (1, 2, 3, 4)
+
+
+def test_voc_folder_source(tmp_path):
+  """Users' own data: ROOT/<split>/<class>/x.jpg with x.xml beside it."""
+  d = tmp_path / "train" / "n01443537"
+  d.mkdir(parents=True)
+  p = _photo(3)
+  (d / "a.jpg").write_bytes(fx.jpeg_bytes(p))
+  (d / "a.xml").write_bytes(_xml("n01443537", "a", (p.shape[1], p.shape[0]),
+                                 [("n01443537", (1, 2, 30, 40))]))
+  (d / "b.jpg").write_bytes(fx.jpeg_bytes(_photo(4)))  # no XML
+  plog = L.PrepareLog()
+  exs = list(L.iter_voc_folder(tmp_path, "train", SYNSETS, plog))
+  assert [e.image_id for e in exs] == ["a", "b"]
+  assert [e.label for e in exs] == [1, 1]
+  np.testing.assert_array_equal(exs[0].boxes, [[1, 2, 30, 40]])
+  assert len(exs[1].boxes) == 0
+  assert plog.counts["images_without_boxes"] == 1
+  (tmp_path / "train" / "stranger").mkdir()
+  with pytest.raises(ValueError, match="stranger"):
+    list(L.iter_voc_folder(tmp_path, "train", SYNSETS, L.PrepareLog()))
+  with pytest.raises(FileNotFoundError, match="expected"):
+    list(L.iter_voc_folder(tmp_path, "test", SYNSETS, L.PrepareLog()))

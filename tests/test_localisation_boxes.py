@@ -194,3 +194,41 @@ def test_centre_box():
   np.testing.assert_allclose(B.centre_box((10, 20), 1.0), [0, 0, 19, 9])
   with pytest.raises(ValueError, match="fraction"):
     B.centre_box((10, 20), 0)
+
+
+def test_to_crop_frame_follows_the_real_preprocessing():
+  """A box drawn as a mask goes through vgg_jax.preprocess's own rescale,
+  crop and flip; the mask's tight box must agree with the computed box to
+  within the resampling's one pixel."""
+  from vgg_jax import preprocess
+  rng = np.random.default_rng(5)
+  checked = 0
+  for trial in range(30):
+    h, w = (int(v) for v in rng.integers(60, 200, 2))
+    x0, x1 = np.sort(rng.integers(0, w, 2))
+    y0, y1 = np.sort(rng.integers(0, h, 2))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+      continue
+    mask = np.zeros((h, w, 3), np.uint8)
+    mask[y0:y1 + 1, x0:x1 + 1] = 255
+    side = int(rng.integers(48, 120))
+    img = preprocess.rescale_shorter_side(mask, side)
+    crop = 40
+    top, left = preprocess.random_crop_offsets(img.shape, crop, rng)
+    img = img[top:top + crop, left:left + crop]
+    flip = bool(rng.integers(2))
+    if flip:
+      img = preprocess.horizontal_flip(img)
+    got = B.to_crop_frame([x0, y0, x1, y1], (h, w),
+                          preprocess.rescaled_size(h, w, side), top=top,
+                          left=left, crop_hw=(crop, crop), flip=flip)
+    on = img[..., 0] >= 128
+    if not on.any():
+      assert B.visible_fraction(got, (crop, crop)) < 0.2, trial
+      continue
+    ys, xs = np.nonzero(on)
+    seen = [xs.min(), ys.min(), xs.max(), ys.max()]
+    np.testing.assert_allclose(B.clip(got, (crop, crop)), seen, atol=1.0,
+                               err_msg=str(trial))
+    checked += 1
+  assert checked >= 8  # enough boxes landed in their crops to mean something

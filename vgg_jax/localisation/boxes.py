@@ -225,6 +225,18 @@ def visible_fraction(boxes, hw: tuple[int, int]) -> np.ndarray:
                                                                  1), 0.0)
 
 
+def to_crop_frame(boxes, image_hw: tuple[int, int],
+                  resized_hw: tuple[int, int], *, top: int, left: int,
+                  crop_hw: tuple[int, int], flip: bool) -> np.ndarray:
+  """Boxes of the stored image moved through the training/test geometry:
+  rescale to ``resized_hw`` (the paper's S or Q), take the crop at
+  (``top``, ``left``) of size ``crop_hw``, then mirror it if ``flip`` -- the
+  order of ``vgg_jax.preprocess`` (rescale_shorter_side, random_crop,
+  horizontal_flip).  Boxes are not clipped (see :func:`crop_target`)."""
+  out = crop(rescale(boxes, image_hw, resized_hw), top, left)
+  return flip_horizontal(out, crop_hw[1]) if flip else out
+
+
 def centre_box(image_hw: tuple[int, int], fraction: float = 0.75
                ) -> np.ndarray:
   """The centre-box baseline: a box centred in the image, ``fraction`` of its
