@@ -55,8 +55,15 @@ def test_dataset_written_read_back_and_deterministic(tmp_path):
     assert r["label"] == m["label"]
     np.testing.assert_array_equal(r["boxes"], [m["box"]])
     assert (r["height"], r["width"]) == (64, 64)
-  assert json.loads((tmp_path / "a" / "classes.json").read_text()) == list(
-      synth.CLASS_NAMES)
+  index = json.loads((tmp_path / "a" / "class_index.json").read_text())
+  assert index == {n: i for i, n in enumerate(synth.CLASS_NAMES)}
+  # The classification folder source reads the same labels.
+  from vgg_jax import input_pipeline
+  folder = input_pipeline.FolderImageSource(tmp_path / "a", "train")
+  assert len(folder) == 12
+  for i in range(len(folder)):
+    label, name = folder.label_and_name(i)
+    assert label == by_id[pathlib.Path(name).stem]["label"]
   c = synth.write_split(tmp_path / "c", "train", 3, seed=4)
   assert [m["box"] for m in c] != [m["box"] for m in b_meta[:3]]
 

@@ -10,7 +10,10 @@ and positions onto crops of real photographs, with the boxes known exactly.
 - ``DIR/<split>.array_record`` + ``<split>.log.json``: the same images as
   localisation records (:mod:`vgg_jax.data.loc_records`), written by reading
   the folder back through the real annotation loader;
-- ``DIR/classes.json``: the class names in label order.
+- ``DIR/class_index.json``: ``{class name: label}`` in Fashion-MNIST's label
+  order, the index the classification folder source
+  (``data.source="folder"``, ``data.data_dir=DIR``) reads, so a classifier
+  trained on the folders and the localisation records agree on labels.
 
 Everything is a function of ``--seed``: image ``i`` of a split draws from
 ``np.random.default_rng([seed, split_number, i])``, so any image can be
@@ -214,8 +217,12 @@ def make_dataset(out_dir, *, num_train: int = 2000, num_val: int = 500,
   from vgg_jax.data import loc_records  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  _atomic_write(out / "classes.json",
-                (json.dumps(list(CLASS_NAMES)) + "\n").encode())
+  # The folder source's class index (vgg_jax.input_pipeline reads it rather
+  # than sorting the folder names), so a classifier trained on the folders
+  # and the localisation records share Fashion-MNIST's label order.
+  _atomic_write(out / "class_index.json", (json.dumps(
+      {name: i for i, name in enumerate(CLASS_NAMES)}, indent=1) + "\n"
+                                           ).encode())
   summary = {"seed": seed, "config": dataclasses.asdict(cfg), "splits": {}}
   for split, n in (("train", num_train), ("validation", num_val)):
     write_split(out, split, n, seed=seed, cfg=cfg, data_dir=data_dir)
