@@ -151,3 +151,23 @@ def test_top5_matches_reference_on_random_cases():
     scored += list(got.per_image.values())
   # The cases exercise right, wrong and (several labels) partial images.
   assert {0.0, 1.0} <= set(scored) and len(set(scored)) > 2
+
+
+def test_merge_threshold_sweep_prefers_merging_a_cluster():
+  # Five noisy boxes around the object, each scored 1, and one stray box
+  # scored 2: without merging the stray wins; merged, the cluster (score 5)
+  # does.  Class 1 is the classifier's top class.
+  rng = np.random.default_rng(0)
+  truth = np.array([20, 20, 59, 59])
+  cluster = truth + rng.integers(-6, 7, (5, 4))
+  stray = np.array([[0, 70, 15, 95]])
+  dense = {"img": M.DensePredictions(
+      np.concatenate([cluster, stray]), np.array([1, 1, 1, 1, 1, 2.0]),
+      np.ones(6, np.int64), (1, 4))}
+  gt = {"img": _gt([truth], [1])}
+  sweep = M.merge_threshold_sweep(dense, gt, [0.0, 0.5, 1.0])
+  assert sweep["errors"][0.0] == 1.0  # nothing merges: the stray box wins
+  assert sweep["errors"][1.0] == 0.0
+  assert sweep["best"] in (0.5, 1.0) and sweep["errors"][sweep["best"]] == 0
+  guesses = M.merged_guesses(dense, threshold=1.0)["img"]
+  assert [c for c, _ in guesses] == [1]  # class 4 predicted no box

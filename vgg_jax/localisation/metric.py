@@ -177,3 +177,41 @@ def centre_gt_localisation_error(predicted_boxes: Mapping,
                      "blacklisted)")
   return LocalisationResult(float(sum(per_image.values()) / n), n, len(bl),
                             per_image)
+
+
+@dataclasses.dataclass(frozen=True)
+class DensePredictions:
+  """One image's protocol-2 inputs before merging: every box the localiser(s)
+  predicted (already in image pixels, already the union over localisers),
+  the class each is for, its class score, and the classifier's top classes
+  (best first)."""
+  boxes: np.ndarray  # (N, 4)
+  scores: np.ndarray  # (N,)
+  classes: np.ndarray  # (N,)
+  top_classes: tuple[int, ...]
+
+
+def merged_guesses(dense: Mapping, *, threshold: float) -> dict:
+  """Image id -> the (class, box) guesses of protocol 2: per top class, the
+  best box after OverFeat's greedy merge (``boxes.top_k_localisations``)."""
+  return {k: [(c, b) for c, b, _ in boxes_lib.top_k_localisations(
+      d.boxes, d.scores, d.classes, d.top_classes, threshold=threshold)]
+          for k, d in dense.items()}
+
+
+def merge_threshold_sweep(dense: Mapping, ground_truth: Mapping,
+                          thresholds: Sequence[float]) -> dict:
+  """Top-5 localisation error for each merge threshold, and the best one.
+
+  Meant for HELD-OUT TRAINING images (the merge threshold is a choice the
+  paper does not report; choosing it on validation would fit the test).
+  Returns ``{"errors": {threshold: error}, "best": threshold}``; ties go to
+  the smaller threshold (the less merging).
+  """
+  if not len(thresholds):
+    raise ValueError("give at least one threshold")
+  errors = {float(t): top5_localisation_error(
+      merged_guesses(dense, threshold=float(t)), ground_truth).error
+            for t in thresholds}
+  best = min(sorted(errors), key=lambda t: errors[t])
+  return {"errors": errors, "best": best}
