@@ -232,3 +232,20 @@ def test_voc_folder_source(tmp_path):
     list(L.iter_voc_folder(tmp_path, "train", SYNSETS, L.PrepareLog()))
   with pytest.raises(FileNotFoundError, match="expected"):
     list(L.iter_voc_folder(tmp_path, "test", SYNSETS, L.PrepareLog()))
+
+
+def test_annotation_tar_with_nested_class_tars(tmp_path):
+  inner = io.BytesIO()
+  with tarfile.open(fileobj=inner, mode="w:gz") as t:
+    _add(t, "n01440764/n01440764_5.xml",
+         _xml("n01440764", "n01440764_5", (50, 40),
+              [("n01440764", (1, 2, 3, 4))]))
+  with tarfile.open(tmp_path / "boxes.tar.gz", "w:gz") as t:
+    _add(t, "n01440764.tar.gz", inner.getvalue())
+    _add(t, "n01443537/n01443537_1.xml",
+         _xml("n01443537", "n01443537_1", (50, 40), []))
+  counts = collections.Counter()
+  anns = L.read_annotation_tar(tmp_path / "boxes.tar.gz", counts)
+  assert set(anns) == {"n01440764_5", "n01443537_1"}
+  assert anns["n01440764_5"].objects[0].box == (1, 2, 3, 4)
+  assert counts["annotation_files"] == 2

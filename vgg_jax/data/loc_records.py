@@ -106,13 +106,22 @@ def read_annotation_tar(path, counts: collections.Counter
                         ) -> dict[str, voc_xml.VocAnnotation | None]:
   """Every ``*.xml`` in a (possibly gzipped) tar, parsed, by file stem.
 
-  Works for both published layouts (per-class folders, or one flat folder).
+  Works for both published layouts (per-class folders, or one flat folder),
+  and for per-class tars nested inside (some mirrors repack it that way).
   Unreadable files map to None (counted by the parser).
   """
   out = {}
-  with tarfile.open(path, "r:*") as tar:
+
+  def scan(tar):
     for m in tar:
-      if not m.isfile() or not m.name.lower().endswith(".xml"):
+      if not m.isfile():
+        continue
+      name = m.name.lower()
+      if name.endswith((".tar", ".tar.gz", ".tgz")):
+        with tarfile.open(fileobj=tar.extractfile(m), mode="r|*") as inner:
+          scan(inner)
+        continue
+      if not name.endswith(".xml"):
         continue
       data = tar.extractfile(m).read()
       stem = _stem(m.name)
@@ -120,6 +129,9 @@ def read_annotation_tar(path, counts: collections.Counter
         counts["duplicate_annotation"] += 1
         continue
       out[stem] = voc_xml.parse_voc_xml(data, counts)
+
+  with tarfile.open(path, "r:*") as tar:
+    scan(tar)
   counts["annotation_files"] += len(out)
   return out
 

@@ -44,7 +44,9 @@ RULES = ("devkit", "paper")
 @dataclasses.dataclass(frozen=True)
 class GroundTruth:
   """One image's ground truth: its labels (ILSVRC: one) and every box with
-  its class.  ``labels`` default to the distinct box classes, in order."""
+  its class.  ``labels`` default to the distinct box classes, in order; for
+  ILSVRC validation pass ``labels=(the image's label,)``, as the devkit
+  takes the labels from its ground-truth file, not from the boxes."""
   boxes: np.ndarray  # (M, 4) inclusive pixel ends
   box_labels: np.ndarray  # (M,)
   labels: tuple[int, ...] = ()
