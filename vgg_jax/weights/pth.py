@@ -157,6 +157,8 @@ def _storage_from_pid(pid, storages: dict[str, _Storage]):
   if not isinstance(storage_type, _StorageType):
     raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r}")
   key = str(key)
+  if not isinstance(numel, int) or numel < 0:
+    raise pickle.UnpicklingError(f"storage {key}: bad element count {numel!r}")
   if key not in storages:
     storages[key] = _Storage(key, storage_type.dtype, int(numel))
   if view is not None:  # legacy format only: (view_key, offset, size)
