@@ -582,8 +582,7 @@ def _small_bn_model(seed=0):
   """
   kwargs = dict(name="D-BN", head_window=2, **SMALL)
   rng = np.random.default_rng(seed)
-  shapes = weights._flatten(weights._pure(weights._weight_state(
-      weights._abstract_model(kwargs))))
+  shapes = weights.expected_tensors(kwargs)
   flat = {}
   for key, s in shapes.items():
     if key.endswith("/var"):

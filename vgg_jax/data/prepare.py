@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import posixpath
+import tarfile
 
 from vgg_jax import input_pipeline
 from vgg_jax import preprocess
@@ -11,6 +13,78 @@ from vgg_jax import preprocess
 log = logging.getLogger(__name__)
 
 ILSVRC_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+  """Why ``member`` cannot be in an ILSVRC-2012 tar, or None if it can."""
+  name = member.name
+  if name.startswith("/") or posixpath.isabs(name):
+    return "absolute name"
+  if ".." in name.replace("\\", "/").split("/"):
+    return "'..' in the name"
+  if member.issym():
+    return f"symlink to {member.linkname}"
+  if member.islnk():
+    return f"hard link to {member.linkname}"
+  if member.ischr() or member.isblk():
+    return "device node"
+  if member.isfifo():
+    return "fifo"
+  if not (member.isfile() or member.isdir()):
+    return f"tar member of type {member.type!r}"
+  return None
+
+
+def check_ilsvrc_tars(manual_dir: str | pathlib.Path) -> dict[str, int]:
+  """Refuse ILSVRC-2012 tars holding members that are not plain files.
+
+  TFDS reads the tars as streams (``tarfile.extractfile``, never
+  ``extract``), so no member name reaches the file system; still, a member
+  named ``../x`` or ``/x``, a link, a device node or a fifo is no image, and
+  a tar holding one is damaged or forged: it is refused before anything is
+  written, with every offender listed. Reads only the members' headers
+  (inner tars of the training tar included). Returns {tar: members}.
+  """
+  counts, problems = {}, []
+
+  def check(members, where):
+    n = 0
+    for m in members:
+      n += 1
+      why = _member_problem(m)
+      if why:
+        problems.append(f"{where}: {m.name!r} ({why})")
+    return n
+
+  for tar_name in ILSVRC_TARS:
+    path = pathlib.Path(manual_dir) / tar_name
+    if not path.exists():
+      continue
+    try:
+      with tarfile.open(path, mode="r:") as outer:
+        members = list(outer)
+        counts[tar_name] = check(members, tar_name)
+        if tar_name == "ILSVRC2012_img_train.tar":
+          # One tar per synset inside (n01440764.tar, ...).
+          for m in members:
+            if m.isfile() and _member_problem(m) is None:
+              with tarfile.open(fileobj=outer.extractfile(m),
+                                mode="r:") as inner:
+                counts[f"{tar_name}/{m.name}"] = check(
+                    inner, f"{tar_name}/{m.name}")
+    except tarfile.TarError as e:
+      raise ValueError(f"{path} is not a readable tar ({e}); re-download "
+                       "it from https://image-net.org") from e
+  if problems:
+    shown = "\n  ".join(problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    raise ValueError(
+        f"the ILSVRC-2012 tars in {manual_dir} hold {len(problems)} "
+        f"member(s) that are not plain image files (nothing was written):"
+        f"\n  {shown}{more}\nRe-download the tars from "
+        "https://image-net.org/download-images (or remove those members) "
+        "and run again")
+  return counts
 
 
 def prepare_tfds(name: str, *, data_dir: str | None,
@@ -40,7 +114,9 @@ def prepare_tfds(name: str, *, data_dir: str | None,
       raise FileNotFoundError(
           f"--manual_dir {manual_dir} holds neither of {ILSVRC_TARS}; put the "
           "ILSVRC-2012 training and/or validation tars there")
-    log.info("building %s from %s", name, found)
+    counts = check_ilsvrc_tars(manual_dir)
+    log.info("building %s from %s (%d tar members checked: plain files)",
+             name, found, sum(counts.values()))
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
