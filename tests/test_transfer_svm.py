@@ -182,3 +182,39 @@ def test_svm_command_caltech_and_errors(tmp_path, digits):
               "--output", str(tmp_path / "r3"), "--train", "all",
               "--test", "all"])
   assert metrics.mean_class_recall(y, y) == 1.0
+
+
+def test_pixel_baseline_names_undecodable_and_resumes(tmp_path):
+  from vgg_jax.data import transfer_sets  # pylint: disable=g-import-not-at-top
+  from vgg_jax.transfer import pixels  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "set"
+  (root / "s").mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  images = []
+  for i in range(5):
+    arr = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    Image.fromarray(arr).save(root / "s" / f"{i}.png")
+    images.append({"name": f"{i}.png", "label": i % 2})
+  (root / "s" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  (root / "s.json").write_text(json.dumps(
+      {"task": "multiclass", "classes": ["a", "b"], "images": images}))
+  # Interrupted after one chunk of two: the rerun does the rest only.
+  w = store.SplitWriter(tmp_path / "f", "s", settings={
+      "descriptor": "raw_pixels", "side": 4, "mode": "L", "flip": True,
+      "image_set": str(root)}, task="multiclass", classes=["a", "b"],
+                        names=[r["name"] for r in images])
+  first = [pixels.pixel_descriptor(Image.open(root / "s" / n), 4)
+           for n in ("0.png", "1.png")]
+  w.add_chunk(images[:2], np.stack(first))
+  cli.main(["pixels", "--set", str(root), "--splits", "s", "--output",
+            str(tmp_path / "f"), "--side", "4"])
+  got = store.load_split(tmp_path / "f", "s")
+  assert got.names == ["0.png", "1.png", "2.png", "4.png"]
+  assert [f["name"] for f in got.failed] == ["3.png"]
+  img = np.asarray(Image.open(root / "s" / "4.png").convert("L").resize(
+      (4, 4), Image.BILINEAR), np.float64)
+  ref = (img + img[:, ::-1]).reshape(-1)
+  np.testing.assert_allclose(got.features[3], ref / np.linalg.norm(ref),
+                             rtol=1e-5)
+  assert transfer_sets.read_index(root, "s")["classes"] == ["a", "b"]

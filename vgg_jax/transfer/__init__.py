@@ -5,6 +5,7 @@ SVMs and the VOC / Caltech protocols.
 * ``store``: one feature file per split, written atomically and resumably.
 * ``metrics``: VOC-2007 / VOC-2012 AP, mAP, mean class recall.
 * ``svm``: linear SVMs with C chosen on a held-out 20%, the Caltech splits.
-* ``python -m vgg_jax.transfer svm``: classifiers and protocols on stored
-  descriptors (docs/transfer.md).
+* ``pixels``: the raw-pixel baseline descriptor.
+* ``python -m vgg_jax.transfer svm|pixels``: classifiers and protocols on
+  stored descriptors; raw-pixel descriptors (docs/transfer.md).
 """

@@ -9,7 +9,13 @@
   python -m vgg_jax.transfer svm caltech --features F --splits all \\
       --preset caltech101 --output R
 
-Writes R/results.json and R/results.md (atomically).  The ``extract``
+Writes R/results.json and R/results.md (atomically).
+
+  # The raw-pixel baseline's descriptors of an image set written by
+  # vgg_jax.data.transfer_sets.
+  python -m vgg_jax.transfer pixels --set S --splits trainval,test \
+      --side 16 --output F
+  The ``extract``
 subcommand (descriptors from a net through the dense engine) is not here
 yet: docs/transfer.md, TODO.
 """
@@ -23,6 +29,7 @@ import sys
 
 import numpy as np
 
+from vgg_jax.transfer import pixels
 from vgg_jax.transfer import store
 from vgg_jax.transfer import svm
 
@@ -58,6 +65,15 @@ def _parser():
                    help="11-point interpolated (2007) or area (2012) AP")
   voc.add_argument("--c_selection", choices=("per_class", "shared"),
                    default="per_class")
+  px = sub.add_parser(
+      "pixels", help="raw-pixel baseline descriptors of an image set "
+      "(vgg_jax.data.transfer_sets layout)")
+  px.add_argument("--set", required=True, dest="set_root",
+                  help="image set root (ROOT/<split>.json, ROOT/<split>/)")
+  px.add_argument("--splits", required=True, help="comma-separated")
+  px.add_argument("--output", required=True, help="descriptor folder")
+  px.add_argument("--side", type=int, default=16)
+  px.add_argument("--mode", choices=("L", "RGB"), default="L")
   cal = modes.choices["caltech"]
   cal.add_argument("--splits", default="all",
                    help="comma-separated stored splits pooled into one set "
@@ -168,6 +184,15 @@ def results_markdown(res: dict) -> str:
 
 def main(argv=None) -> dict:
   args = _parser().parse_args(argv)
+  if args.command == "pixels":
+    try:
+      written = [str(pixels.write_pixel_split(args.set_root, s, args.output,
+                                              side=args.side, mode=args.mode))
+                 for s in args.splits.split(",") if s]
+    except (FileNotFoundError, ValueError) as e:
+      raise SystemExit(f"error: {e}") from None
+    print("\n".join(written))
+    return {"written": written}
   try:
     res = (run_voc_mode if args.mode == "voc" else run_caltech_mode)(args)
   except (FileNotFoundError, ValueError) as e:
