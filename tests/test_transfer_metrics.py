@@ -2,6 +2,8 @@
 transcription of the VOC devkit's MATLAB (VOCevalcls.m / VOCap.m), and
 scikit-learn where it computes the same quantity."""
 
+import pathlib
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -9,42 +11,10 @@ import pytest
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score,
                              precision_recall_curve)
 
-from vgg_jax.transfer import metrics
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from voc_devkit_reference import devkit_ap  # noqa: E402
 
-
-def devkit_ap(out, gt, year):
-  """VOCevalcls.m transcribed line by line; gt: 1 / -1 / 0 (difficult).
-
-  MATLAB semantics kept: a stable sort of -out, max() ignoring NaN (a
-  difficult image ranked first gives 0/0), and "rec >= t" compared exactly
-  (t = 0:0.1:1 as fractions, recall as tp/npos).
-  """
-  si = np.argsort(-np.asarray(out, float), kind="stable")   # [so,si]=sort(-out)
-  tp = (gt[si] > 0).astype(float)                           # tp=gt(si)>0
-  fp = (gt[si] < 0).astype(float)                           # fp=gt(si)<0
-  fp = np.cumsum(fp)
-  tp = np.cumsum(tp)
-  npos = int(np.sum(gt > 0))
-  rec = tp / npos                                           # rec=tp/sum(gt>0)
-  with np.errstate(invalid="ignore"):
-    prec = tp / (fp + tp)                                   # prec=tp./(fp+tp)
-  if year == 2007:
-    ap = 0.0
-    for k in range(11):                                     # for t=0:0.1:1
-      t = Fraction(k, 10)
-      sel = [prec[j] for j in range(len(tp))
-             if Fraction(int(tp[j]), npos) >= t]            # prec(rec>=t)
-      sel = [v for v in sel if not np.isnan(v)]
-      p = max(sel) if sel else 0.0                          # isempty -> 0
-      ap = ap + p / 11
-    return ap
-  # VOCap.m
-  mrec = np.concatenate([[0.0], rec, [1.0]])
-  mpre = np.concatenate([[0.0], prec, [0.0]])
-  for i in range(len(mpre) - 2, -1, -1):
-    mpre[i] = np.fmax(mpre[i], mpre[i + 1])
-  i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-  return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
+from vgg_jax.transfer import metrics  # noqa: E402
 
 
 def test_hand_computed_ranking():

@@ -1,6 +1,8 @@
 """Linear SVMs, C on a held-out 20%, the Caltech splits, the svm command."""
 
 import json
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -8,10 +10,13 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.svm import LinearSVC
 
-from vgg_jax.transfer import __main__ as cli
-from vgg_jax.transfer import metrics
-from vgg_jax.transfer import store
-from vgg_jax.transfer import svm
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from voc_devkit_reference import devkit_ap  # noqa: E402
+
+from vgg_jax.transfer import __main__ as cli  # noqa: E402
+from vgg_jax.transfer import metrics  # noqa: E402
+from vgg_jax.transfer import store  # noqa: E402
+from vgg_jax.transfer import svm  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +158,15 @@ def test_svm_command_voc(tmp_path):
   assert res["map"] == pytest.approx(np.mean(res["ap"]))
   assert res["failed_test"] == 1 and res["failed_test_names"] == [
       "broken.jpg"]
+  # The saved scores give the same APs under the devkit's own logic.
+  z = np.load(tmp_path / "r" / "scores.npz")
+  assert list(z["names"][-1:]) == ["broken.jpg"] and z["scores"][-1, 0] == (
+      -np.inf)
+  for k in range(2):
+    gt = np.where(z["difficult"][:, k], 0, np.where(z["positive"][:, k], 1,
+                                                    -1))
+    assert devkit_ap(z["scores"][:, k], gt, 2012) == pytest.approx(
+        res["ap"][k])
   saved = json.loads((tmp_path / "r" / "results.json").read_text())
   assert saved["map"] == pytest.approx(res["map"])
   md = (tmp_path / "r" / "results.md").read_text()
@@ -171,6 +185,11 @@ def test_svm_command_caltech_and_errors(tmp_path, digits):
                            seed=0, c_grid=(10.0,))
   assert res["mean_class_recall"]["per_split"] == pytest.approx(
       direct["mean_class_recall"]["per_split"])
+  for s in range(2):
+    z = np.load(tmp_path / "r" / f"predictions_split{s}.npz")
+    assert len(z["names"]) == 500
+    assert balanced_accuracy_score(z["label"], z["predicted"]) == (
+        pytest.approx(res["mean_class_recall"]["per_split"][s]))
   md = (tmp_path / "r" / "results.md").read_text()
   assert "± " in md and "Mean class recall" in md
   with pytest.raises(SystemExit, match="no finished split 'nope'"):

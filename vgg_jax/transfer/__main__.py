@@ -9,7 +9,9 @@
   python -m vgg_jax.transfer svm caltech --features F --splits all \\
       --preset caltech101 --output R
 
-Writes R/results.json and R/results.md (atomically).
+Writes R/results.json and R/results.md, and what the metrics were computed
+from: R/scores.npz (voc: names, scores, positive, difficult, classes) or
+R/predictions_split<s>.npz (caltech: names, label, predicted), atomically.
 
   # The raw-pixel baseline's descriptors of an image set written by
   # vgg_jax.data.transfer_sets.
@@ -23,6 +25,7 @@ yet: docs/transfer.md, TODO.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import pathlib
 import sys
@@ -109,7 +112,14 @@ def run_voc_mode(args) -> dict:
                     test.features, test.positive, test.difficult,
                     ap_method=args.ap, c_grid=args.c_grid, seed=args.seed,
                     c_selection=args.c_selection, class_names=train.classes,
-                    failed_test_positive=fpos, failed_test_difficult=fdif)
+                    failed_test_positive=fpos, failed_test_difficult=fdif,
+                    keep_scores=True)
+  names = test.names + [f["name"] for f in test.failed]
+  save_arrays(args.output, "scores.npz", names=np.array(names),
+              scores=res.pop("test_scores"),
+              positive=np.concatenate([test.positive, fpos]),
+              difficult=np.concatenate([test.difficult, fdif]),
+              classes=np.array(test.classes))
   res.update({"mode": "voc", "train_split": args.train,
               "test_split": args.test, "num_train": len(train.names),
               "failed_train": [f["name"] for f in train.failed],
@@ -138,7 +148,14 @@ def run_caltech_mode(args) -> dict:
   failed = np.concatenate([p.failed_labels() for p in parts])
   res = svm.run_caltech(x, y, num_train=num_train, max_test=max_test,
                         num_splits=args.num_splits, seed=args.seed,
-                        c_grid=args.c_grid, failed_labels=failed)
+                        c_grid=args.c_grid, failed_labels=failed,
+                        keep_predictions=True)
+  image_names = np.array([n for p in parts for n in p.names] +
+                         [f["name"] for p in parts for f in p.failed])
+  for s, (pos, y_true, y_pred) in enumerate(res.pop("predictions")):
+    save_arrays(args.output, f"predictions_split{s}.npz",
+                names=image_names[pos],
+                label=y_true, predicted=y_pred)
   num_classes = len(parts[0].classes)
   present = len(np.unique(np.concatenate([y, failed])))
   res.update({"mode": "caltech", "splits_pooled": names,
@@ -147,6 +164,13 @@ def run_caltech_mode(args) -> dict:
               "failed_names": [f["name"] for p in parts for f in p.failed],
               "settings": parts[0].settings})
   return res
+
+
+def save_arrays(out_dir, filename: str, **arrays) -> None:
+  """An .npz written atomically (what the metrics were computed from)."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  store.atomic_write_bytes(pathlib.Path(out_dir) / filename, buf.getvalue())
 
 
 def results_markdown(res: dict) -> str:

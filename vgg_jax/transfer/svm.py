@@ -201,14 +201,16 @@ def caltech_splits(labels, num_train: int, max_test: int | None,
 
 def run_caltech(x, labels, *, num_train: int, max_test: int | None,
                 num_splits: int = 3, seed: int = 0,
-                c_grid=DEFAULT_C_GRID, failed_labels: Sequence[int] = ()
-                ) -> dict:
+                c_grid=DEFAULT_C_GRID, failed_labels: Sequence[int] = (),
+                keep_predictions: bool = False) -> dict:
   """The Caltech protocol on one descriptor set.
 
   failed_labels: classes of images that could not be decoded; each split
   draws them like any image and counts any drawn for testing as a miss.
   Returns {"mean_class_recall": {"mean", "std", "per_split"}, "c": [...],
-  ...}; std over the splits with ddof=0.
+  ...}; std over the splits with ddof=0.  keep_predictions adds
+  "predictions": per split (test positions, true labels, predicted labels),
+  positions counting the decoded images first, then the failed ones.
   """
   x = np.asarray(x, np.float32)
   y = np.asarray(labels)
@@ -216,7 +218,7 @@ def run_caltech(x, labels, *, num_train: int, max_test: int | None,
   n_ok = len(y)
   y_all = np.concatenate([y, failed_labels])
   splits = caltech_splits(y_all, num_train, max_test, num_splits, seed)
-  per_split, chosen, details = [], [], []
+  per_split, chosen, details, predictions = [], [], [], []
   for s, (train, test) in enumerate(splits):
     train_ok = train[train < n_ok]
     res = fit_multiclass(x[train_ok], y_all[train_ok], c_grid, seed + s)
@@ -224,6 +226,7 @@ def run_caltech(x, labels, *, num_train: int, max_test: int | None,
     ok = test < n_ok
     pred[ok] = res.model.predict(x[test[ok]])
     mcr = metrics.mean_class_recall(y_all[test], pred)
+    predictions.append((test, y_all[test], pred))
     per_split.append(mcr)
     chosen.append(res.c)
     details.append({"split": s, "num_train": int(len(train)),
@@ -233,11 +236,14 @@ def run_caltech(x, labels, *, num_train: int, max_test: int | None,
                     "validation": {str(c): v for c, v in
                                    res.validation.items()},
                     "mean_class_recall": mcr})
-  return {"mean_class_recall": {"mean": float(np.mean(per_split)),
-                                "std": float(np.std(per_split)),
-                                "per_split": per_split},
-          "c": chosen, "splits": details, "num_train_per_class": num_train,
-          "max_test_per_class": max_test, "seed": seed}
+  out = {"mean_class_recall": {"mean": float(np.mean(per_split)),
+                               "std": float(np.std(per_split)),
+                               "per_split": per_split},
+         "c": chosen, "splits": details, "num_train_per_class": num_train,
+         "max_test_per_class": max_test, "seed": seed}
+  if keep_predictions:
+    out["predictions"] = predictions
+  return out
 
 
 def run_voc(train_x, train_positive, train_difficult, test_x, test_positive,
@@ -245,11 +251,14 @@ def run_voc(train_x, train_positive, train_difficult, test_x, test_positive,
             c_grid=DEFAULT_C_GRID, seed: int = 0,
             c_selection: str = "per_class",
             class_names: Sequence[str] | None = None,
-            failed_test_positive=None, failed_test_difficult=None) -> dict:
+            failed_test_positive=None, failed_test_difficult=None,
+            keep_scores: bool = False) -> dict:
   """The VOC protocol: per-class SVMs on train, per-class AP and mAP on test.
 
   failed_test_*: labels of test images that could not be decoded; they are
-  ranked last (score -inf) for every class, never dropped.
+  ranked last (score -inf) for every class, never dropped.  keep_scores adds
+  "test_scores", the (N, K) SVM scores the APs were computed from (decoded
+  test images first, then the failed ones).
   """
   res = fit_multilabel(train_x, train_positive, train_difficult, c_grid,
                        seed, c_selection=c_selection, ap_method=ap_method)
@@ -270,4 +279,6 @@ def run_voc(train_x, train_positive, train_difficult, test_x, test_positive,
                              for c, v in res.validation.items()},
               "num_test": int(len(scores)), "failed_test": n_failed,
               "seed": seed})
+  if keep_scores:
+    out["test_scores"] = scores
   return out
