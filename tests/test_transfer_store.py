@@ -24,7 +24,7 @@ def test_resume_after_interruption_continues_from_last_chunk(tmp_path):
   # An interrupted third chunk: its files half-written under temporary names
   # (what atomic_write leaves at worst) and not in the manifest.
   (tmp_path / "test.parts" / ".chunk_00001.npy.tmp").write_bytes(b"\x93NU")
-  del w
+  w.close()  # the process ends: the OS drops its lock
   w2 = store.SplitWriter(tmp_path, "test", settings=SETTINGS,
                          task="multiclass", classes=["a", "b", "c"],
                          names=names)
@@ -71,6 +71,10 @@ def test_resume_refuses_other_settings_and_double_counts(tmp_path):
     w.add_chunk([{"name": "b", "label": 0}], np.ones((1, 3)))
   with pytest.raises(ValueError, match="label"):
     w.add_chunk([{"name": "b", "label": 5}], np.ones((1, 2)))
+  with pytest.raises(RuntimeError, match="another process"):
+    store.SplitWriter(tmp_path, "s", settings=SETTINGS, task="multiclass",
+                      classes=["x", "y"], names=names)
+  w.close()
   other = dict(SETTINGS, scales=[256, 384, 512])
   with pytest.raises(store.SettingsMismatch, match="settings"):
     store.SplitWriter(tmp_path, "s", settings=other, task="multiclass",
@@ -106,5 +110,6 @@ def test_multilabel_round_trip_and_partial_split_error(tmp_path):
   w = store.SplitWriter(tmp_path, "test", settings=SETTINGS,
                         task="multilabel", classes=["p", "q", "r"])
   w.add_chunk([recs[1]], np.ones((1, 5)))
+  w.close()
   with pytest.raises(FileNotFoundError, match="unfinished extraction"):
     store.load_split(tmp_path, "test")

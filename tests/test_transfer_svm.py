@@ -226,6 +226,7 @@ def test_pixel_baseline_names_undecodable_and_resumes(tmp_path):
   first = [pixels.pixel_descriptor(Image.open(root / "s" / n), 4)
            for n in ("0.png", "1.png")]
   w.add_chunk(images[:2], np.stack(first))
+  w.close()
   cli.main(["pixels", "--set", str(root), "--splits", "s", "--output",
             str(tmp_path / "f"), "--side", "4"])
   got = store.load_split(tmp_path / "f", "s")

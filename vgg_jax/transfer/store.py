@@ -17,7 +17,9 @@ While a split is extracted, finished chunks go to ``<split>.parts/``
 (``chunk_00000.npy`` + ``chunk_00000.json`` each, then ``manifest.json``
 listing them); every file is written to a temporary name, fsync'd and
 renamed, and the manifest is rewritten only after a chunk's files are in
-place, so an interrupted run leaves only whole chunks behind.  A rerun with
+place, so an interrupted run leaves only whole chunks behind.  One writer
+per split at a time (an OS file lock; on several hosts, the process that
+holds the gathered descriptors writes).  A rerun with
 the same settings continues after the last finished chunk (``SplitWriter.
 done`` / ``remaining``); different settings are refused.  ``finish()``
 checks that every image was counted exactly once, writes the two files and
@@ -27,6 +29,7 @@ removes the parts.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -177,12 +180,34 @@ class SplitWriter:
       self._chunks = manifest["chunks"]
     else:
       self._chunks = []
+    self._lock = self._take_lock()
     self._done: list[str] = []
     self.dim = None
     for c in self._chunks:
       self._done.extend(c["names"])
       if c.get("dim") is not None:
         self.dim = c["dim"]
+
+  def _take_lock(self):
+    """One writer per split: an exclusive lock on parts/.lock, which the OS
+    releases when the process ends (a crash leaves no stale lock)."""
+    self.parts.mkdir(parents=True, exist_ok=True)
+    f = open(self.parts / ".lock", "a+b")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.close()
+      raise RuntimeError(
+          f"{self.parts} is being written by another process (or another "
+          "writer in this one); on several hosts only one process writes "
+          "(after gathering the descriptors)") from None
+    return f
+
+  def close(self) -> None:
+    """Releases the split's lock (also on garbage collection / exit)."""
+    if self._lock is not None:
+      self._lock.close()
+      self._lock = None
 
   @property
   def done(self) -> list[str]:
@@ -262,6 +287,7 @@ class SplitWriter:
     atomic_save_npy(npy, x)
     # The index last: a split counts as finished once its index exists.
     atomic_write_json(self.out_dir / f"{self.split}.json", index)
+    self.close()
     shutil.rmtree(self.parts)
     return npy
 
