@@ -1,7 +1,9 @@
 """When does "divide the lr by 10 when validation accuracy stops improving" fire?
 
-    python benchmarks/plateau_rule.py                  # 400 curves per rule
-    python benchmarks/plateau_rule.py --curves 1000 --output benchmarks/results/plateau_rule.json
+    python benchmarks/plateau_rule.py --curves 400 --show 12
+
+(the table in docs/choices.md: ~3 minutes on 2 CPU cores; writes
+benchmarks/results/plateau_rule.json, every rule's numbers).
 
 Simulates plateau rules on noisy validation-accuracy curves shaped like the
 paper's ImageNet training (§3.1: lr 1e-2, divided by 10 three times, 74
@@ -15,10 +17,10 @@ value at the phase's start a_s towards an asymptote A_k:
     a(t) = A_k - (A_k - a_s) * (w e^{-u/tau_f} + (1-w) e^{-u/tau_s}),  u = t - t_k
 
 (a fast and a slow time constant: the jump after a drop, then a long slow
-climb).  A_0 ~ U(56, 62) from a_s = 0.1 (chance), and after a drop
-A_{k+1} = a(t_drop) + G_{k+1} + 0.5 * (A_k - a(t_drop)): a drop brings the
-phase's gain G (~10, ~2.5, ~0.5 points) and half of what the old lr had left
-to give, so dropping early costs accuracy.  Time constants and gains are
+climb).  A_0 = a_s + G_0 with G_0 ~ U(56, 62) from a_s = 0.1 (chance), and
+after a drop A_{k+1} = a(t_drop) + G_{k+1} + 0.5 * (A_k - a(t_drop)): a drop
+brings the phase's gain G (~10, ~2.5, ~0.7 points) and half of what the old
+lr had left to give, so dropping early costs accuracy.  Time constants and gains are
 drawn per curve (``sample_curve``).
 
 Noise model: what the rule sees is a(t) + e_t + s_t where
@@ -31,9 +33,9 @@ Noise model: what the rule sees is a(t) + e_t + s_t where
     also shows each rule at twice this noise).
 
 Reference ("a person reading the noiseless curve"): drop after the first
-epoch whose noiseless gain a(t) - a(t-1) is below half the standard error of
-one evaluation, 0.5 * sqrt(p(1-p)/50000), i.e. when the curve climbs less in
-an epoch than half the sampling noise of the number it is judged by; after
+epoch whose noiseless gain a(t) - a(t-1) is below a quarter of the standard
+error of one evaluation, 0.25 * sqrt(p(1-p)/50000) (~0.05 points), i.e. when
+the curve would need more than 4 epochs to climb one standard error; after
 three drops the next such epoch stops the run.  With the curve model's
 parameters the reference drops about three times in about 74 epochs (the
 table's first row).
@@ -42,8 +44,9 @@ For every rule and every decision (three drops and the stop) the lag is the
 decision's epoch minus the reference epoch *on the rule's own trajectory*
 (the first epoch of that phase whose noiseless gain is below the threshold):
 negative = early.  Columns: mean |lag|, the share of decisions at least 3
-epochs early, the mean epoch of each drop and of the stop, and the final
-noiseless accuracy minus the reference run's (points).
+epochs early, the mean (signed) lag and the mean epoch of each drop and of
+the stop, the final noiseless accuracy minus the reference run's (points),
+and |lag| and the early share again at twice the training noise.
 
 Rules: "max" tracks best = max(best, accuracy) on every evaluation (the old
 rule: a sub-threshold gain still raises the bar); "accepted" moves best only
@@ -174,7 +177,7 @@ class Rule:
 
 
 class ReferenceRule:
-  """Drops when the noiseless epoch gain falls below half the SE."""
+  """Drops when the noiseless epoch gain falls below a quarter of the SE."""
   name = "reference (noiseless gain < SE/2)"
 
 

@@ -7,7 +7,6 @@ alone (the frozen ones closed over as constants) with the plain optimiser.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
