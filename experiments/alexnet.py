@@ -30,6 +30,7 @@ def get_config(arg: str | None = None):
   c = common.base_config("tfds")
   c.model.name = "alexnet"
   c.model.init = "alexnet"
+  c.optimizer.decay_biases = False  # Krizhevsky et al. decay weights only
   c.batch_size = 128
   c.eval_batch_size = 256
   c.lr = 1e-2

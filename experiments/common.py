@@ -64,7 +64,10 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
       momentum=0.9,
       weight_decay=5e-4,
       form="caffe",  # "caffe": v = mu v + lr (g + wd w) | "optax": lr after
-      decay_biases=True,  # Caffe decays every blob (decay_mult 1)
+      decay_biases=True,  # the paper is silent: a choice (docs/choices.md)
+      # Layer-name patterns ("block*", "fc1") whose layers are not trained:
+      # zero updates, no optimiser state (e.g. fine-tuning the FC layers).
+      frozen_layers=(),
   ))
   c.lr = 1e-2
   # "plateau": the paper's rule (÷10 when validation accuracy stops
@@ -74,8 +77,8 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
   c.lr_boundaries_epochs = ()
   c.lr_factor = 0.1
   c.plateau = ml_collections.ConfigDict(dict(
-      patience=1,  # evaluations without improvement that make a plateau
-      min_delta=1e-3,  # improvement in top-1 accuracy that counts
+      patience=6,  # evaluations without improvement that make a plateau
+      min_delta=5e-3,  # improvement in top-1 accuracy that counts
       max_drops=3,
   ))
   # Durations, each in steps, epochs or examples (train.duration_steps reads

@@ -1,4 +1,4 @@
-"""The paper's optimiser (SPEC section 2) against the formulas written out by hand."""
+"""The paper's optimiser (§3.1) against the formulas written out by hand."""
 
 import json
 
@@ -41,7 +41,7 @@ def _run(form, lrs, decay_biases=True):
 
 
 def _by_hand(form, lrs, decay_biases=True):
-  """SPEC section 2, in numpy: Caffe v <- mu v + lr (g + wd w); w <- w - v.
+  """In numpy: Caffe v <- mu v + lr (g + wd w); w <- w - v.
   optax/PyTorch: v <- mu v + (g + wd w); w <- w - lr v."""
   w = {k: v.astype(np.float64) for k, v in _params().items()}
   v = {k: np.zeros_like(x) for k, x in w.items()}
@@ -76,7 +76,7 @@ def test_matches_formula_by_hand(form, decay_biases):
 
 def test_forms_agree_at_constant_lr_and_differ_after_a_drop():
   caffe, opt = _run("caffe", LRS), _run("optax", LRS)
-  for k in range(4):  # constant lr: identical (SPEC section 2)
+  for k in range(4):  # constant lr: identical
     np.testing.assert_allclose(caffe[k]["kernel"], opt[k]["kernel"],
                                rtol=1e-5, atol=1e-7)
   # Right after the drop, Caffe's velocity still carries lr=1e-2 steps;
@@ -156,3 +156,129 @@ def test_piecewise_schedule_with_warmup():
   np.testing.assert_allclose(float(sched(80)), 0.001, rtol=1e-6)
   assert optim.learning_rate_schedule("plateau", base_lr=0.1,
                                       total_steps=10) == 0.1
+
+
+# ----------------------------------------------------------------------------
+# Bias weight decay (the AlexNet paper decays weights only).
+
+
+@pytest.mark.parametrize("form", ["caffe", "optax"])
+def test_without_bias_decay_a_bias_with_zero_gradient_is_unchanged(form):
+  lr = 0.1
+  params = {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), -1.5)}
+  tx = optim.sgd(lr, weight_decay=WD, form=form, decay_biases=False)
+  state = tx.init(params)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  kernel = 2.0
+  velocity = 0.0  # in gradient units (the two forms agree at constant lr)
+  for _ in range(3):
+    upd, state = tx.update(zero, state, params)
+    params = optax.apply_updates(params, upd)
+    # By hand: the kernel's only gradient is the decay term wd * w.
+    velocity = MU * velocity + WD * kernel
+    kernel = kernel - lr * velocity
+  np.testing.assert_array_equal(np.asarray(params["bias"]), -1.5)
+  np.testing.assert_allclose(np.asarray(params["kernel"]), kernel, rtol=1e-6)
+  assert kernel < 2.0  # decayed: the test can tell decayed from not
+
+
+def test_alexnet_config_does_not_decay_biases_vgg_configs_do():
+  from experiments import alexnet, configA, configD  # pylint: disable=g-import-not-at-top
+  assert alexnet.get_config().optimizer.decay_biases is False
+  assert configA.get_config().optimizer.decay_biases is True
+  assert configD.get_config().optimizer.decay_biases is True
+
+
+# ----------------------------------------------------------------------------
+# The plateau rule.
+
+
+def _actions(controller, accuracies):
+  return [controller.update(i, a) for i, a in enumerate(accuracies)]
+
+
+@pytest.mark.parametrize("patience,min_delta", [(6, 5e-3), (3, 2e-3), (1, 1e-3)])
+def test_a_steady_climb_faster_than_min_delta_per_patience_never_drops(
+    patience, min_delta):
+  # A climb of r per evaluation gains patience * r over the patience window:
+  # at least min_delta means there is an improvement inside every window, so
+  # no plateau, however small each single gain is (here < min_delta for
+  # patience > 1).  The old rule raised `best` on every sub-threshold gain
+  # and dropped after `patience` evaluations of such a climb.
+  rate = 1.2 * min_delta / patience
+  c = optim.PlateauController(patience=patience, min_delta=min_delta)
+  acts = _actions(c, [0.3 + rate * t for t in range(200)])
+  assert set(acts) == {"continue"} and c.drops == 0
+
+
+@pytest.mark.parametrize("patience,min_delta", [(6, 5e-3), (3, 2e-3), (1, 1e-3)])
+def test_a_climb_slower_than_min_delta_per_patience_drops_after_patience(
+    patience, min_delta):
+  rate = 0.8 * min_delta / patience
+  c = optim.PlateauController(patience=patience, min_delta=min_delta)
+  acts = _actions(c, [0.3 + rate * t for t in range(patience + 1)])
+  # Evaluation 0 sets best; 1..patience each gain less than min_delta over it.
+  assert acts == ["continue"] * patience + ["drop"]
+
+
+def test_one_noisy_dip_or_spike_does_not_drop_with_the_default_patience():
+  c = optim.PlateauController()  # the defaults
+  assert c.patience > 1
+  climb = [0.40 + 2 * c.min_delta * t for t in range(40)]
+  dipped = list(climb)
+  dipped[10] -= 0.02  # one evaluation 2 points low
+  dipped[25] += 0.02  # one 2 points high (best jumps up with it)
+  assert set(_actions(c, dipped)) == {"continue"}
+  # With patience 1 the same dip is a drop: the test can fail.
+  one = optim.PlateauController(patience=1, min_delta=c.min_delta)
+  assert "drop" in _actions(one, dipped)
+
+
+def test_a_true_plateau_drops_three_times_then_stops():
+  c = optim.PlateauController(initial_lr=1e-2)  # patience 6, 0.5 points
+  p = c.patience
+  rng = np.random.default_rng(0)
+  wiggle = lambda n: list(0.002 * rng.uniform(-1, 1, n))  # < min_delta / 2
+  seq = []
+  expected = []
+  for level in (0.55, 0.65, 0.68, 0.69):
+    # A jump to a new level, then flat (+-0.2 points): one improvement,
+    # then `patience` evaluations without one.
+    seq += [level + w for w in [0.0] + wiggle(p)]
+    expected += ["continue"] * p + ["drop"]
+  expected[-1] = "stop"
+  assert _actions(c, seq) == expected
+  assert c.drops == 3 and c.learning_rate == pytest.approx(1e-5)
+
+
+def test_controller_state_resumes_exactly_and_keeps_its_format():
+  rng = np.random.default_rng(1)
+  t = np.arange(120)
+  accs = list(0.7 - 0.4 * np.exp(-t / 12) + 0.003 * rng.standard_normal(120))
+  whole = optim.PlateauController()
+  want = _actions(whole, accs)
+  assert "drop" in want  # the sequence exercises drops
+  first = optim.PlateauController()
+  got = _actions(first, accs[:50])
+  state = json.loads(json.dumps(first.state_dict()))
+  # The checkpoint's JSON keys are the ones earlier versions wrote.
+  assert set(state) == {"best", "bad_evals", "drops", "history"}
+  second = optim.PlateauController()
+  second.load_state_dict(state)
+  got += [second.update(i, a) for i, a in enumerate(accs[50:], start=50)]
+  assert got == want
+  assert second.state_dict() == whole.state_dict()
+
+
+def test_controller_defaults_are_the_configs():
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  c, d = optim.PlateauController(), common.base_config().plateau
+  assert (c.patience, c.min_delta, c.max_drops) == (
+      d.patience, d.min_delta, d.max_drops)
+
+
+def test_controller_rejects_meaningless_settings():
+  with pytest.raises(ValueError, match="patience"):
+    optim.PlateauController(patience=0)
+  with pytest.raises(ValueError, match="min_delta"):
+    optim.PlateauController(min_delta=-0.01)

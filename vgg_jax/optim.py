@@ -1,4 +1,4 @@
-"""The paper's optimiser and learning-rate rule (§3.1, SPEC section 2).
+"""The paper's optimiser and learning-rate rule (§3.1).
 
 * ``sgd(...)``: mini-batch SGD, momentum 0.9, coupled L2 weight decay 5e-4
   (``wd * w`` is added to the gradient, Caffe style, not decoupled), as an
@@ -16,12 +16,19 @@
     ``sgd(momentum=...)``, PyTorch's SGD).  A drop rescales the whole
     velocity at once.
 
-  Which parameters are decayed: Caffe applies ``weight_decay`` to every blob
-  whose ``decay_mult`` is not 0, and the VGG/AlexNet prototxts of the Caffe
-  model zoo leave it at 1 for weights and biases alike, so the default decays
-  biases too (``decay_biases=True``); ``decay_biases=False`` decays only
-  kernels (the common modern choice).  Batch statistics are not parameters
-  and are never decayed.
+  Which parameters are decayed (``decay_biases``): the VGG paper does not
+  say.  Krizhevsky et al.'s update rule decays the weights only, and
+  Caffe's BVLC AlexNet/CaffeNet prototxts set ``decay_mult: 0`` on biases;
+  the released VGG prototxts are deploy files without any solver or
+  ``decay_mult`` setting, so VGG's own setting is unknown (Caffe's default
+  ``decay_mult`` is 1, which decays biases).  ``decay_biases=True`` (the
+  VGG default here, a choice) decays every parameter; ``False`` only the
+  kernels (the AlexNet config, following its paper).  Batch statistics are
+  not parameters and are never decayed.
+
+  Frozen layers (``frozen``: layer-name patterns, e.g. the convolutions when
+  only the FC layers are fine-tuned): their updates are zero and they hold
+  no optimiser state (``freeze_layers``, over ``optax.multi_transform``).
 
 * ``PlateauController``: "divided by 10 when the validation set accuracy
   stopped improving ... decreased 3 times" (§3.1): host-side, JSON state
@@ -35,6 +42,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -81,8 +89,61 @@ def decay_mask(params, *, decay_biases: bool):
   return jax.tree_util.tree_map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def layer_name(path) -> str:
+  """The layer a parameter belongs to: its path without the parameter's own
+  name ("block1_conv1" for block1_conv1/kernel; nested layers join with /)."""
+  keys = [str(getattr(k, "key", getattr(k, "idx", ""))) for k in path
+          if not isinstance(k, jax.tree_util.GetAttrKey)]  # nnx's ".value"
+  return "/".join(keys[:-1])
+
+
+def _check_patterns(patterns) -> None:
+  if isinstance(patterns, str):
+    raise ValueError(f"frozen layers must be a list of name patterns, got the "
+                     f"string {patterns!r}; write [{patterns!r}]")
+
+
+def frozen_labels(params, patterns: Sequence[str]):
+  """"frozen" or "trained" per leaf: frozen when its layer's name matches one
+  of ``patterns`` (shell-style: ``block*``, ``fc[12]``).
+
+  Raises ValueError, naming the model's layers, when a pattern matches no
+  layer (a typo would otherwise silently train everything) or when every
+  layer is frozen (nothing would train).
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  layers = sorted({layer_name(path) for path, _ in leaves})
+  unmatched = [p for p in patterns
+               if not any(fnmatch.fnmatchcase(l, p) for l in layers)]
+  if unmatched:
+    raise ValueError(f"frozen-layer pattern(s) {unmatched} match no layer of "
+                     f"the model; its layers are: {', '.join(layers)}")
+  frozen = {l for l in layers
+            if any(fnmatch.fnmatchcase(l, p) for p in patterns)}
+  if frozen and frozen == set(layers):
+    raise ValueError(f"frozen-layer patterns {list(patterns)} freeze every "
+                     "layer; nothing would train")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if layer_name(path) in frozen else "trained",
+      params)
+
+
+def freeze_layers(tx: optax.GradientTransformation,
+                  patterns: Sequence[str]) -> optax.GradientTransformation:
+  """``tx`` for the layers not matching ``patterns``; zero updates and no
+  state (``optax.set_to_zero``) for those that do.  No patterns: ``tx``."""
+  _check_patterns(patterns)
+  if not patterns:
+    return tx
+  patterns = tuple(patterns)
+  return optax.multi_transform(
+      {"trained": tx, "frozen": optax.set_to_zero()},
+      lambda tree: frozen_labels(tree, patterns))
+
+
 def _sgd(learning_rate, *, momentum: float, weight_decay: float,
-         form: str, decay_biases: bool) -> optax.GradientTransformation:
+         form: str, decay_biases: bool,
+         frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
   if form not in MOMENTUM_FORMS:
     raise ValueError(f"momentum form must be one of {MOMENTUM_FORMS}, got "
                      f"{form!r}")
@@ -90,24 +151,31 @@ def _sgd(learning_rate, *, momentum: float, weight_decay: float,
       weight_decay, mask=None if decay_biases else (
           lambda params: decay_mask(params, decay_biases=False)))
   if form == "caffe":
-    return optax.chain(decay, caffe_momentum(learning_rate, momentum))
-  return optax.chain(decay, optax.sgd(learning_rate, momentum=momentum))
+    tx = optax.chain(decay, caffe_momentum(learning_rate, momentum))
+  else:
+    tx = optax.chain(decay, optax.sgd(learning_rate, momentum=momentum))
+  return freeze_layers(tx, frozen)
 
 
 def sgd(learning_rate: float | optax.Schedule = 1e-2, *,
         momentum: float = 0.9, weight_decay: float = 5e-4,
-        form: str = "caffe", decay_biases: bool = True
-        ) -> optax.GradientTransformation:
+        form: str = "caffe", decay_biases: bool = True,
+        frozen: Sequence[str] = ()) -> optax.GradientTransformation:
   """The paper's SGD; the learning rate is state: ``hyperparams['learning_rate']``.
 
   ``learning_rate`` may be a number (the plateau rule then overwrites it in
   the state with ``set_learning_rate``) or an optax schedule of the update
-  count (evaluated inside the step).
+  count (evaluated inside the step).  ``frozen``: layer-name patterns whose
+  layers are not trained (``freeze_layers``); the freezing sits inside the
+  learning-rate injection, so ``learning_rate_of``/``set_learning_rate`` work
+  either way, and with no patterns the state is exactly the unfrozen one.
   """
+  _check_patterns(frozen)
   return optax.inject_hyperparams(_sgd, static_args=(
-      "momentum", "weight_decay", "form", "decay_biases"))(
+      "momentum", "weight_decay", "form", "decay_biases", "frozen"))(
           learning_rate=learning_rate, momentum=momentum,
-          weight_decay=weight_decay, form=form, decay_biases=decay_biases)
+          weight_decay=weight_decay, form=form, decay_biases=decay_biases,
+          frozen=tuple(frozen))
 
 
 def learning_rate_of(opt_state) -> jax.Array:
@@ -133,22 +201,39 @@ def set_learning_rate(opt_state, value: float):
 class PlateauController:
   """Host-side: decides after each validation whether to drop the lr or stop.
 
-  ``patience``: how many consecutive evaluations without an improvement of
-  at least ``min_delta`` (absolute, in accuracy) count as a plateau.  At a
-  plateau the lr is multiplied by ``factor``; at the plateau after
-  ``max_drops`` drops, training stops (the paper: 3 drops, then stopped).
+  An evaluation *improves* when its accuracy is at least ``best +
+  min_delta`` (absolute, accuracy as a fraction); only then does ``best``
+  move (to that accuracy).  A sub-threshold gain leaves ``best`` where it
+  was, so a slow steady climb adds up until it counts, instead of raising
+  the bar a little every time and looking like a plateau.  ``patience``
+  consecutive evaluations without an improvement are a plateau: the lr is
+  multiplied by ``factor``; at the plateau after ``max_drops`` drops,
+  training stops (the paper: 3 drops, then stopped).
+
+  Defaults (patience 6 evaluations, min_delta 0.5 points of top-1): chosen
+  by ``benchmarks/plateau_rule.py``, which simulates the rule on noisy
+  ImageNet-like curves (docs/choices.md).  ``patience`` counts evaluations,
+  so it assumes one evaluation per epoch.
   """
 
   initial_lr: float = 1e-2
   factor: float = 0.1
-  patience: int = 1
-  min_delta: float = 1e-3
+  patience: int = 6
+  min_delta: float = 5e-3
   max_drops: int = 3
   # State (JSON in every checkpoint).
   best: float = -math.inf
   bad_evals: int = 0
   drops: int = 0
   history: list = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    if self.patience < 1:
+      raise ValueError(f"plateau patience must be >= 1 evaluation, got "
+                       f"{self.patience}")
+    if not self.min_delta >= 0:
+      raise ValueError(f"plateau min_delta must be >= 0 (accuracy as a "
+                       f"fraction, 0.005 = half a point), got {self.min_delta}")
 
   @property
   def learning_rate(self) -> float:
@@ -162,7 +247,7 @@ class PlateauController:
       self.best, self.bad_evals = accuracy, 0
       action = "continue"
     else:
-      self.best = max(self.best, accuracy)
+      # ``best`` stays: only a real improvement moves the bar.
       self.bad_evals += 1
       if self.bad_evals < self.patience:
         action = "continue"

@@ -243,7 +243,8 @@ def make_optimizer(config, *, total_steps: int, steps_per_epoch: int,
       factor=config.lr_factor)
   o = config.optimizer
   return optim.sgd(lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                   form=o.form, decay_biases=o.decay_biases)
+                   form=o.form, decay_biases=o.decay_biases,
+                   frozen=o.frozen_layers)
 
 
 # ----------------------------------------------------------------------------

@@ -8,8 +8,8 @@ is exactly the paper's FC net; on a larger image the same weights slide over
 the feature map and give a class score map (the "fully-convolutional net").
 
 Pooling uses floor arithmetic (VALID 2x2/2): an input of side H gives a score
-map of side floor(H/32) - 6.  Caffe's pooling rounds up; for the even sizes of
-training and of the paper's Q values the two agree.
+map of side floor(H/32) - 6.  Caffe's pooling rounds up; the two agree only on
+sides that are multiples of 32 (not the long side of most test images at Q).
 """
 
 from __future__ import annotations
