@@ -102,6 +102,16 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
       status = "lower bound: unfinished"
     else:
       status = "nothing compiled fits"
+    if len(fit) >= 2 and not (best and fail and status.startswith("exact")):
+      # Memory is linear in the batch per chip: where the sweep stopped
+      # early, the line through the two largest fitting compiles says
+      # where the HBM runs out (an extrapolation, marked as such).
+      (ba, pa), (bb, pb) = [(r["batch_per_chip"],
+                             r["memory_per_chip"]["peak_bytes"])
+                            for r in fit[-2:]]
+      slope = (pb - pa) / (bb - ba)
+      est = int((fit[-1]["memory_per_chip"]["hbm_bytes"] - pb) / slope + bb)
+      status += f"; linear extrapolation: ~{est} per chip"
     cells = ", ".join(f"{r['global_batch']}{'' if r['memory_per_chip']['fits'] else ' ✗'}"
                       for r in pts)
     if best:

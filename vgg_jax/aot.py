@@ -1,5 +1,8 @@
 """Compile the real training step for a TPU pod on a machine without one.
 
+(One module of ~600 lines: the step builder, the report and the sweep share
+the compile, the cache and the command line.)
+
     python -m vgg_jax.aot --config experiments/configD.py --topology v5e:4x4 \
         --config.model.dtype=bfloat16 --output d_v5e.json
     python -m vgg_jax.aot --config experiments/configE.py --topology v5p-128 \
