@@ -20,3 +20,10 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# libtpu, for `python -m vgg_jax.aot` (compiling the training step for TPU
+# pods on this machine: tests/test_aot.py).  Into .libtpu/, not the venv:
+# with libtpu importable, every other JAX process would try to start a TPU.
+# vgg_jax.aot finds .libtpu/ by itself.  The version jax[tpu] pins for this
+# jax (0.10.x: libtpu 0.0.42.*).
+[ -d .libtpu/libtpu ] ||
+  .venv/bin/python -m pip install -q --target .libtpu 'libtpu==0.0.42.*'

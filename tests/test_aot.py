@@ -1,0 +1,275 @@
+"""vgg_jax.aot: the training step compiled for a TPU topology, without a TPU.
+
+The compiling tests run ``python -m vgg_jax.aot`` in a subprocess (libtpu is
+kept out of this process: with it importable JAX would try to start a TPU)
+on the Fashion-MNIST net (width-reduced A, 32x32 grey) and a 4-chip v5e.
+They are skipped when libtpu is not installed (./setup.sh installs it in
+.libtpu/).  The sweep's bisection, the HLO collective parser and the
+roofline are checked without compiling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from vgg_jax import aot, pods
+from vgg_jax.models import count_params, net_spec
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HAVE_LIBTPU = (pods.libtpu_dir() is not None or
+               importlib.util.find_spec("libtpu") is not None)
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason="libtpu is not installed (./setup.sh puts it in "
+    ".libtpu/; or pip install -e '.[tpu-aot]'): cannot compile for TPU")
+CONFIG = str(ROOT / "experiments" / "fashion_mnist.py")
+
+
+def run_aot(tmp_path, *args, name="r.json"):
+  out = tmp_path / name
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS"))}
+  env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  p = subprocess.run(
+      [sys.executable, "-m", "vgg_jax.aot", "--config", CONFIG,
+       "--output", str(out), *args], capture_output=True, text=True,
+      env=env, cwd=tmp_path, timeout=900)
+  return p, (json.loads(out.read_text()) if out.is_file() else None)
+
+
+def fashion_net_params() -> tuple[int, int]:
+  """(all parameters, FC1+FC2 kernel parameters) of the Fashion-MNIST net,
+  counted from its layer table by hand (3x3 convs, 1x1 head window)."""
+  spec = net_spec("A", width_mult=0.1875, fc_width=512, head_window=1)
+  c_in, n = 1, 0
+  for c in spec.convs:
+    n += c.kernel * c.kernel * c_in * c.features + c.features
+    c_in = c.features
+  fc1 = c_in * 512
+  fc2 = 512 * 512
+  n += fc1 + 512 + fc2 + 512 + 512 * 10 + 10
+  assert n == count_params(spec, in_channels=1, num_classes=10)
+  return n, fc1 + fc2
+
+
+@pytest.fixture(scope="module")
+def data_parallel(tmp_path_factory):
+  if not HAVE_LIBTPU:
+    pytest.skip("libtpu is not installed")
+  return run_aot(tmp_path_factory.mktemp("aot"), "--topology", "v5e:2x2")
+
+
+@needs_libtpu
+def test_report_memory_flops_collectives(data_parallel):
+  p, r = data_parallel
+  assert p.returncode == 0, p.stderr[-3000:]
+  # libtpu's warnings about the missing TPU stay out of the user's output.
+  for noise in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES",
+                "InitGoogle", "metadata"):
+    assert noise not in p.stdout + p.stderr, (p.stdout + p.stderr)[-2000:]
+  assert "fits" in p.stdout
+  assert r["chips"] == 4 and r["device_kind"].startswith("TPU v5")
+  assert r["mesh"] == {"data": 4, "model": 1}
+  assert r["global_batch"] == 128 and r["batch_per_chip"] == 32
+  assert r["conv_impl"] == "xla"  # what "auto" picks on a TPU
+  m = r["memory_per_chip"]
+  for f in aot.MEMORY_FIELDS:
+    assert isinstance(m[f], int) and m[f] >= 0
+  assert m["peak_bytes"] == (m["argument_size_in_bytes"] +
+                             m["output_size_in_bytes"] -
+                             m["alias_size_in_bytes"] +
+                             m["temp_size_in_bytes"] +
+                             m["generated_code_size_in_bytes"])
+  assert m["hbm_bytes"] == 16 * 2 ** 30 and m["fits"] is True
+  n_params, _ = fashion_net_params()
+  # Replicated f32 parameters and momentum, and this chip's quarter of the
+  # batch (32 images 32x32x1 f32 + int32 labels), counted by hand.
+  batch_bytes = 32 * 32 * 32 * 4 + 32 * 4
+  c = r["counted_bytes_per_chip"]
+  assert c["params"] == 4 * n_params and c["optimizer"] >= 4 * n_params
+  assert c["batch"] == batch_bytes
+  # XLA's arguments hold all of them (TPU tiles pad, so >=, and < 2x).
+  state_and_batch = 2 * 4 * n_params + batch_bytes
+  assert state_and_batch <= m["argument_size_in_bytes"] < 2 * state_and_batch
+  # Donation: the new state reuses the old state's buffers.
+  assert m["alias_size_in_bytes"] >= 2 * 4 * n_params
+  # The gradient all-reduce carries every parameter's gradient once (f32),
+  # plus the few scalars of the loss and accuracy.
+  ar = r["collectives_per_chip"]["all-reduce"]
+  assert 4 * n_params <= ar["bytes"] <= 4 * n_params + 64
+  assert ar["ici_bytes"] == pytest.approx(2 * 3 / 4 * ar["bytes"], rel=1e-6)
+  # XLA's FLOPs are those of forward + backward: a little under 3x the
+  # forward (the first conv needs no input gradient).
+  fwd = r["model_flops_per_step"] / 3
+  assert 2.2 * fwd < r["flops_per_step"] < 3.05 * fwd
+  assert r["flops_per_step"] == pytest.approx(4 * r["flops_per_chip"])
+  rf = r["roofline"]
+  chip = pods.CHIPS["v5e"]
+  assert rf["compute_s"] == pytest.approx(r["flops_per_chip"] /
+                                          chip.bf16_flops_per_s)
+  assert rf["step_time_s"] == max(rf["compute_s"], rf["hbm_s"], rf["ici_s"])
+  assert rf["hbm_s"] == pytest.approx(
+      (m["argument_size_in_bytes"] + m["output_size_in_bytes"] +
+       2 * m["temp_size_in_bytes"]) / chip.hbm_bytes_per_s)
+  assert rf["images_per_s"] == pytest.approx(128 / rf["step_time_s"])
+
+
+@needs_libtpu
+def test_fc_sharding_splits_fc_kernels(tmp_path, data_parallel):
+  p, r = run_aot(tmp_path, "--topology", "v5e:2x2",
+                 "--config.mesh_model_axis=2",
+                 "--config.shard_fc_kernels=True")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert r["mesh"] == {"data": 2, "model": 2} and r["shard_fc_kernels"]
+  assert r["batch_per_chip"] == 64
+  n_params, n_fc = fashion_net_params()
+  # FC1/FC2 kernels (and their momentum) are halved over the model axis.
+  assert r["counted_bytes_per_chip"]["params"] == 4 * (n_params - n_fc // 2)
+  dp = data_parallel[1]
+  assert (r["counted_bytes_per_chip"]["optimizer"] ==
+          dp["counted_bytes_per_chip"]["optimizer"] - 4 * n_fc // 2)
+  assert r["memory_per_chip"]["argument_size_in_bytes"] < (
+      dp["memory_per_chip"]["argument_size_in_bytes"] + 32 * 32 * 32 * 4)
+  # Model parallelism needs more than the data-parallel all-reduce.
+  assert set(r["collectives_per_chip"]) - {"all-reduce"}
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+  p, r = run_aot(tmp_path, "--topology", "v9z:4x4")
+  assert p.returncode == 2 and r is None
+  assert "unknown TPU generation 'v9z'" in p.stderr
+  p, r = run_aot(tmp_path, "--topology", "v5e:four")
+  assert p.returncode == 2 and "GENERATION:AxB" in p.stderr
+
+
+@needs_libtpu
+def test_batch_that_does_not_divide(tmp_path):
+  p, r = run_aot(tmp_path, "--topology", "v5e:2x2",
+                 "--config.batch_size=130")
+  assert p.returncode == 2 and r is None
+  assert "batch_size 130 is not divisible by the 4" in p.stderr
+
+
+def test_topology_names():
+  assert pods.canonical_topology("v5e-256") == "v5e:16x16"
+  assert pods.canonical_topology("v5litepod:4x4") == "v5e:4x4"
+  chip, dims = pods.parse_topology("v4:2x2x4")
+  assert chip.generation == "v4" and dims == (2, 2, 4)
+  assert chip.accelerator_type(16) == "v4-32"  # gcloud counts TensorCores
+  assert pods.CHIPS["v5e"].accelerator_type(256) == "v5litepod-256"
+
+
+HLO = """
+  %all-reduce.1 = f32[3,3,64,64]{3,2,1,0} all-reduce(f32[3,3,64,64]{3,2,1,0} %p), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
+  %ars = bf16[1024]{0} all-reduce-start(bf16[1024]{0} %q), replica_groups=[2,4]<=[8], to_apply=%add
+  %ard = bf16[1024]{0} all-reduce-done(bf16[1024]{0} %ars)
+  %ag = f32[8,128]{1,0} all-gather(f32[4,128]{1,0} %x), replica_groups={{0,1}}, dimensions={0}
+  %ags = (f32[2,128]{1,0}, f32[8,128]{1,0}) all-gather-start(f32[2,128]{1,0} %y), replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, dimensions={0}
+  %agd = f32[8,128]{1,0} all-gather-done((f32[2,128]{1,0}, f32[8,128]{1,0}) %ags)
+  %fusion.3 = f32[8]{0} fusion(f32[8]{0} %all-reduce.1), kind=kLoop
+"""
+
+
+def test_collective_parser_hand_counted():
+  c = aot.collectives(HLO, num_devices=8)
+  ar = c["all-reduce"]
+  assert ar["count"] == 2
+  assert ar["bytes"] == 3 * 3 * 64 * 64 * 4 + 1024 * 2
+  # Ring all-reduce: 2 (n-1)/n x size; groups of 4 both times.
+  assert ar["ici_bytes"] == pytest.approx(1.5 * ar["bytes"])
+  ag = c["all-gather"]
+  # The sync gather over 2 devices sends half its result; the async one
+  # over the 4 devices of mesh axis 1 sends 3/4 of its result (the larger
+  # element of its (operand, result) tuple).
+  assert ag == {"count": 2, "bytes": 2 * 8 * 128 * 4,
+                "ici_bytes": 8 * 128 * 4 / 2 + 8 * 128 * 4 * 3 / 4}
+  assert "reduce-scatter" not in c
+
+
+def test_roofline_by_hand():
+  chip = pods.Chip("x", 100e12, 2 ** 30, 1e12, 1e11, 1, "x", "test")
+  r = aot.roofline(chip, flops=50e12, hbm_bytes=2e11, ici_bytes=1e10,
+                   global_batch=64, xla_bytes_accessed=6e11)
+  assert r["compute_s"] == pytest.approx(0.5) and r["hbm_s"] == 0.2
+  assert r["ici_s"] == pytest.approx(0.1) and r["bound_by"] == "compute"
+  assert r["images_per_s"] == pytest.approx(128)
+  assert r["step_time_no_overlap_s"] == pytest.approx(0.5 + 0.1)
+  assert r["hbm_xla_bytes_s"] == pytest.approx(0.6)
+  r = aot.roofline(chip, flops=1e12, hbm_bytes=5e11, ici_bytes=0,
+                   global_batch=8)
+  assert r["bound_by"] == "hbm" and r["step_time_s"] == pytest.approx(0.5)
+
+
+def test_sweep_bisection_finds_the_boundary(monkeypatch, tmp_path):
+  """A fake compiler with a known, slightly convex memory curve: the sweep
+  must return the largest fitting batch, found by brute force here."""
+  import ml_collections
+  hbm = pods.CHIPS["v5e"].hbm_bytes
+
+  def peak(global_batch):
+    per_chip = global_batch // 16  # v5e:4x4, model axis 1
+    return int(3e8 + 5.1e7 * per_chip + 2e4 * per_chip ** 2)
+
+  calls = []
+
+  def fake_compile(config, topology, batch, cache_dir, **kw):
+    calls.append(batch)
+    return {"memory_per_chip": {"peak_bytes": peak(batch),
+                                "hbm_bytes": hbm,
+                                "fits": peak(batch) <= hbm}}
+
+  monkeypatch.setattr(aot, "compile_point", fake_compile)
+  config = ml_collections.ConfigDict(dict(
+      model=dict(name="D", dtype="bfloat16"), shard_fc_kernels=False,
+      mesh_model_axis=1))
+  r = aot.sweep(config, "v5e:4x4", tmp_path, step_per_chip=8,
+                log=lambda s: None)
+  best = max(b for b in range(8, 8193, 8) if peak(16 * b) <= hbm)
+  assert r["max_batch_per_chip"] == best
+  assert r["max_global_batch"] == 16 * best
+  assert r["first_failing_global_batch"] == 16 * (best + 8)
+  assert len(calls) <= 10  # not a linear scan
+
+
+def test_sweep_point_cache_is_reused(monkeypatch, tmp_path):
+  """A cached point is read back, not compiled again (the sweep resumes)."""
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(
+      model=dict(name="D", dtype="bfloat16"), shard_fc_kernels=False,
+      mesh_model_axis=1, batch_size=256))
+  path = tmp_path / (aot.point_key(config, "v5e:4x4", 128) + ".json")
+  aot.write_json(path, {"memory_per_chip": {"fits": True}})
+  monkeypatch.setattr(aot, "analyze", lambda *a, **k: pytest.fail(
+      "compiled a cached point"))
+  assert aot.compile_point(config, "v5e:4x4", 128, tmp_path) == {
+      "memory_per_chip": {"fits": True}}
+  assert not list(tmp_path.glob("*.tmp"))
+  assert math.isclose(pods.CHIPS["v6e"].ici_bytes_per_s, 448e9)
+
+
+@needs_libtpu
+def test_topology_devices_one_per_chip():
+  """v4 and v5p are compiled as training sees them: one device per chip
+  (megacore), not one per TensorCore."""
+  code = ("from vgg_jax import pods; pods.prepare_aot_environment()\n"
+          "from vgg_jax import aot\n"
+          "for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x4', 'v6e:2x2'):\n"
+          "  d = aot.topology_devices(t)\n"
+          "  print(t, len(d), len({tuple(x.coords) for x in d}))\n")
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("TPU_", "JAX_PLATFORMS"))}
+  env["PYTHONPATH"] = str(ROOT)
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, env=env, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  counts = dict((line.split()[0], tuple(map(int, line.split()[1:])))
+                for line in p.stdout.splitlines())
+  assert counts == {"v4:2x2x1": (4, 4), "v5p:2x2x2": (8, 8),
+                    "v5e:2x4": (8, 8), "v6e:2x2": (4, 4)}

@@ -1,0 +1,628 @@
+"""Compile the real training step for a TPU pod on a machine without one.
+
+(One module of ~600 lines: the step builder, the report and the sweep share
+the compile, the cache and the command line.)
+
+    python -m vgg_jax.aot --config experiments/configD.py --topology v5e:4x4 \
+        --config.model.dtype=bfloat16 --output d_v5e.json
+    python -m vgg_jax.aot --config experiments/configE.py --topology v5p-128 \
+        --sweep --cache_dir benchmarks/results/aot_cache
+
+With ``libtpu`` importable (``pip install -e '.[tpu-aot]'``, or setup.sh's
+``.libtpu`` directory, which this module finds by itself),
+``jax.experimental.topologies`` describes the pod's chips and
+``jax.jit(step).lower(abstract sharded args).compile()`` runs XLA's TPU
+compiler here.  The step is the one training runs: ``vgg_jax.train``'s
+model, optimiser, state, mesh, shardings (incl. ``shard_fc_kernels``),
+donation and dtype, built from the same experiment config and overrides.
+
+The report (``--output`` JSON; a summary on stdout), per chip:
+  * XLA's memory analysis under XLA's names (``argument_size_in_bytes``,
+    ``output_size_in_bytes``, ``alias_size_in_bytes``, ``temp_size_in_bytes``,
+    ``generated_code_size_in_bytes``) and ``peak_bytes`` = argument + output
+    - alias + temp + code, against the generation's HBM (``fits``);
+  * parameter / optimiser / batch bytes counted from the shapes and
+    shardings (a cross-check of XLA's argument size);
+  * FLOPs and bytes accessed from XLA's cost analysis, and the model's own
+    count (6 x forward MACs per image) for comparison;
+  * every collective in the compiled HLO with its bytes;
+  * a roofline: step time >= max(FLOPs / peak FLOP/s, the step's buffers
+    moved once / HBM B/s, collective traffic / ICI B/s), with the chip
+    peaks of ``vgg_jax.pods``.
+
+What it cannot know: the input pipeline (decoding and augmenting ~1-3K
+images/s per chip must keep up: ``benchmarks/input_pipeline.py``), host
+overheads (dispatch, logging, checkpoints, evaluation), how well XLA
+overlaps communication with compute, and the real MFU (typically 40-60% of
+the bf16 peak for convolutions); the roofline is a lower bound on time.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+from vgg_jax import pods  # no jax import: may run before it
+
+if __name__ == "__main__":
+  pods.prepare_aot_environment()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import dataclasses
+import json
+import math
+import re
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vgg_jax import sharding as sharding_lib
+from vgg_jax import train
+from vgg_jax.models import count_macs, create_model, net_spec
+
+# Datasets whose class count and size are known without reading them (the
+# AOT check must not need the data).
+KNOWN_DATASETS = {"imagenet2012": (1000, 1_281_167),
+                  "fashion_mnist": (10, 60_000)}
+
+COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+                  "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
+                "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
+                "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes",
+                 "alias_size_in_bytes", "temp_size_in_bytes",
+                 "generated_code_size_in_bytes")
+
+
+class LibtpuMissingError(RuntimeError):
+  pass
+
+
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """The compile-only devices of a TPU topology (needs libtpu)."""
+  import importlib.util
+  if importlib.util.find_spec("libtpu") is None:
+    raise LibtpuMissingError(
+        "libtpu is not installed: compiling for a TPU topology needs it. "
+        "Install it with `pip install -e '.[tpu-aot]'` (or ./setup.sh, which "
+        "puts it in .libtpu/, found automatically)")
+  from jax.experimental import topologies
+  chip, dims = pods.parse_topology(topology)
+  # Read once, by the first topology a process creates; without it libtpu
+  # prints a warning (harmless).
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE",
+                        chip.accelerator_type(math.prod(dims)))
+  kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
+  if chip.cores_per_chip > 1:
+    # v4 and v5p run as one device per chip (megacore), as jax.devices()
+    # lists them on the pod; libtpu's default for v4 is one per TensorCore.
+    kwargs["chip_config_name"] = "megacore"
+  desc = topologies.get_topology_desc(
+      topology_name=pods.canonical_topology(topology), platform="tpu",
+      **kwargs)
+  return list(desc.devices)
+
+
+def ordered_devices(devices: list, model_axis: int) -> list:
+  """``devices`` in the order ``jax.make_mesh`` would lay them out on a pod.
+
+  Training calls ``sharding.make_mesh(model)``, i.e. ``jax.make_mesh``, which
+  orders a TPU's devices along its physical torus; ``make_mesh(devices=...)``
+  reshapes in the given order, so we give it that order.
+  """
+  from jax.experimental import mesh_utils
+  n = len(devices)
+  if model_axis < 1 or n % model_axis:
+    raise ValueError(f"mesh_model_axis {model_axis} must divide the "
+                     f"topology's {n} chips")
+  try:
+    grid = mesh_utils.create_device_mesh((n // model_axis, model_axis),
+                                         devices=devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(n // model_axis, model_axis)
+  return list(np.asarray(grid).reshape(-1))
+
+
+def dataset_size(config, num_classes: int | None = None,
+                 num_train_examples: int | None = None) -> tuple[int, int]:
+  """(classes, training examples) of ``config.data`` without reading it."""
+  known = KNOWN_DATASETS.get(config.data.name if config.data.source != "folder"
+                             else "")
+  if num_classes is None:
+    if known is None:
+      raise ValueError(
+          f"the class count of data source {config.data.source!r} "
+          f"{config.data.name!r} is not known without reading the data: pass "
+          "--num_classes (and --num_train_examples for the lr schedule)")
+    num_classes = known[0]
+  if num_train_examples is None:
+    num_train_examples = known[1] if known else 1_281_167
+  return num_classes, num_train_examples
+
+
+def load_experiment(path: str | os.PathLike, arg: str | None = None):
+  """``get_config(arg)`` of an experiment file (``experiments/configD.py``),
+  as ``--config FILE[:ARG]`` loads it (without command-line overrides)."""
+  import importlib.util
+  path = pathlib.Path(path).resolve()
+  root = str(path.parent.parent)  # experiment files import `experiments.*`
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  spec = importlib.util.spec_from_file_location(f"_aot_{path.stem}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg) if arg is not None else mod.get_config()
+
+
+@dataclasses.dataclass
+class BuiltStep:
+  jitted: Any
+  args: tuple  # abstract (state, metrics, batch), with shardings
+  mesh: Any
+  global_batch: int
+  conv_impl: str
+  model_kwargs: dict
+
+
+def build_step(config, devices: list, *, platform: str = "tpu",
+               num_classes: int | None = None,
+               num_train_examples: int | None = None) -> BuiltStep:
+  """The training step of ``config`` over ``devices``, as training builds it.
+
+  Mirrors ``train.train_and_evaluate``: ``create_model`` with the config's
+  model fields, ``train.make_optimizer``, ``train.create_train_state``,
+  ``sharding.make_mesh(config.mesh_model_axis)``,
+  ``sharding.param_shardings(state, mesh, shard_fc_kernels or None)``,
+  ``train.make_train_step`` (state and metrics donated).  The state is
+  abstract (``jax.eval_shape``): nothing is allocated.
+  """
+  dtype = train.compute_dtype(config)
+  classes, n_train = dataset_size(config, num_classes, num_train_examples)
+  batch = int(config.batch_size)
+  mesh = sharding_lib.make_mesh(
+      config.mesh_model_axis,
+      devices=ordered_devices(devices, config.mesh_model_axis))
+  data_shards = sharding_lib.num_data_shards(mesh)
+  if batch <= 0 or batch % data_shards:
+    raise ValueError(f"batch_size {batch} is not divisible by the "
+                     f"{data_shards} data-parallel chips; choose a multiple "
+                     f"of {data_shards}")
+  steps_per_epoch = max(1, n_train // batch)
+  dur = lambda prefix, default=None: train.duration_steps(  # noqa: E731
+      config, prefix, steps_per_epoch=steps_per_epoch, batch_size=batch,
+      default=default)
+  total_steps = dur("total") or 1
+  tx = train.make_optimizer(config, total_steps=total_steps,
+                            steps_per_epoch=steps_per_epoch,
+                            warmup_steps=dur("warmup", 0))
+  # "auto" picks by the backend that runs the step: the target's, not ours.
+  conv_impl = config.model.conv_impl
+  if conv_impl == "auto":
+    conv_impl = "im2col" if platform == "cpu" else "xla"
+  m = config.model
+  kwargs = dict(name=m.name, num_classes=classes, width_mult=m.width_mult,
+                fc_width=m.fc_width,
+                in_channels=int(config.data.image_channels))
+  if m.head_window is not None:
+    kwargs["head_window"] = m.head_window
+  holder = {}
+
+  def init():
+    model = create_model(**kwargs, init=m.init, dtype=dtype,
+                         dropout_rate=m.dropout_rate, conv_impl=conv_impl,
+                         rngs=nnx.Rngs(config.seed))
+    holder["graphdef"], state = train.create_train_state(model, tx)
+    return state
+
+  abstract_state = jax.eval_shape(init)
+  rule = sharding_lib.shard_fc_kernels if config.shard_fc_kernels else None
+  shardings = sharding_lib.param_shardings(abstract_state, mesh, rule)
+  state = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, shardings)
+  rep = sharding_lib.replicated(mesh)
+  metrics = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+      jax.eval_shape(train.init_metrics))
+  crop, channels = int(config.data.crop_size), int(config.data.image_channels)
+  bsh = sharding_lib.batch_sharding(mesh)
+  # What the input pipeline yields: float32 images, int32 labels.
+  batch_args = {
+      "image": jax.ShapeDtypeStruct((batch, crop, crop, channels), np.float32,
+                                    sharding=bsh),
+      "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=bsh)}
+  jitted = train.make_train_step(holder["graphdef"], tx, seed=config.seed,
+                                 mesh=mesh, state_shardings=shardings)
+  return BuiltStep(jitted, (state, metrics, batch_args), mesh, batch,
+                   conv_impl, kwargs)
+
+
+def _per_chip_bytes(tree) -> int:
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    total += math.prod(shard) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _element_bytes(shape_text: str) -> list[int]:
+  """Bytes of each array in an HLO shape, e.g. ``(f32[3,3]{1,0}, bf16[8])``."""
+  out = []
+  for dt, dims in re.findall(r"\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]", shape_text):
+    if dt in _DTYPE_BYTES:
+      n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+      out.append(n * _DTYPE_BYTES[dt])
+  return out
+
+
+def _group_size(line: str, default: int) -> int:
+  """Devices per replica group of a collective's HLO line."""
+  m = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+  if m:
+    return len(m.group(1).split(","))
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)  # iota form
+  if m:
+    return int(m.group(2))
+  # Mesh form: replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+  if m:
+    sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+    axes = re.findall(r"'([^']+)'", m.group(2))
+    return math.prod(int(sizes[a]) for a in axes if a in sizes)
+  return default
+
+
+def collectives(hlo_text: str, num_devices: int) -> dict:
+  """Collective ops of a compiled HLO module: count, bytes, ICI traffic.
+
+  ``bytes`` is the size of each op's result per chip; ``ici_bytes`` what a
+  ring algorithm sends per chip: all-reduce 2(n-1)/n x size, all-gather and
+  reduce-scatter (n-1)/n x the larger side, all-to-all (n-1)/n, a permute
+  its size.  Async pairs count once (at ``-start``, whose tuple holds the
+  operand and the result for a gather or permute: the larger is counted).
+  """
+  out = {op: {"count": 0, "bytes": 0, "ici_bytes": 0.0}
+         for op in COLLECTIVE_OPS}
+  op_re = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVE_OPS) +
+                     r")(-start)?\(")
+  for line in hlo_text.splitlines():
+    m = op_re.search(line)
+    if not m:
+      continue
+    shape, op = m.group(1), m.group(2)
+    sizes = _element_bytes(shape)
+    if m.group(3) and op in ("all-gather", "collective-permute"):
+      size = max(sizes, default=0)
+    else:
+      size = sum(sizes)
+    n = _group_size(line, num_devices)
+    frac = (n - 1) / n if n > 1 else 0.0
+    ici = {"all-reduce": 2 * frac * size, "collective-permute": size}.get(
+        op, frac * size)
+    out[op]["count"] += 1
+    out[op]["bytes"] += size
+    out[op]["ici_bytes"] += ici
+  return {k: v for k, v in out.items() if v["count"]}
+
+
+def roofline(chip: pods.Chip, *, flops: float, hbm_bytes: float,
+             ici_bytes: float, global_batch: int,
+             xla_bytes_accessed: float | None = None) -> dict:
+  """Lower bounds on the step time from the chip's three peaks.
+
+  ``hbm_bytes``: the least HBM traffic the step can have, every buffer of
+  XLA's memory plan moved once (arguments read, outputs written,
+  temporaries written and read).  XLA's cost analysis also gives "bytes
+  accessed", the sum of every op's operands and results; on TPU many of
+  those stay on chip, so it overstates the traffic (several-fold for these
+  convolutions) and is reported as ``hbm_xla_bytes_s``, not used for the
+  bound.
+  """
+  t_flops = flops / chip.bf16_flops_per_s
+  t_hbm = hbm_bytes / chip.hbm_bytes_per_s
+  t_ici = ici_bytes / chip.ici_bytes_per_s
+  bound = max(t_flops, t_hbm, t_ici)
+  limit = {t_flops: "compute", t_hbm: "hbm", t_ici: "ici"}[bound]
+  out = {"compute_s": t_flops, "hbm_s": t_hbm, "ici_s": t_ici,
+         "step_time_s": bound, "bound_by": limit,
+         "images_per_s": global_batch / bound if bound else None,
+         # Without overlap of communication and compute (pessimistic).
+         "step_time_no_overlap_s": max(t_flops, t_hbm) + t_ici}
+  if xla_bytes_accessed is not None:
+    out["hbm_xla_bytes_s"] = xla_bytes_accessed / chip.hbm_bytes_per_s
+  return out
+
+
+def analyze(config, topology: str, *, num_slices: int = 1,
+            num_classes: int | None = None,
+            num_train_examples: int | None = None,
+            chip: pods.Chip | None = None, devices: list | None = None,
+            keep_hlo: bool = False) -> dict:
+  """Compile ``config``'s training step for ``topology``; the report dict.
+
+  ``topology="cpu"`` compiles for this machine's devices instead (then
+  ``chip`` must give the peaks, e.g. measured ones).
+  """
+  if topology == "cpu":
+    if chip is None:
+      raise ValueError("topology 'cpu' needs the chip's peaks (chip=...)")
+    devices = devices or jax.devices("cpu")
+    platform = "cpu"
+  else:
+    table_chip, _ = pods.parse_topology(topology)
+    chip = chip or table_chip
+    devices = devices or topology_devices(topology, num_slices)
+    platform = "tpu"
+  t0 = time.perf_counter()
+  built = build_step(config, devices, platform=platform,
+                     num_classes=num_classes,
+                     num_train_examples=num_train_examples)
+  lowered = built.jitted.lower(*built.args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  memory = {f: int(getattr(mem, f)) for f in MEMORY_FIELDS}
+  memory["peak_bytes"] = (memory["argument_size_in_bytes"] +
+                          memory["output_size_in_bytes"] -
+                          memory["alias_size_in_bytes"] +
+                          memory["temp_size_in_bytes"] +
+                          memory["generated_code_size_in_bytes"])
+  memory["hbm_bytes"] = chip.hbm_bytes
+  memory["fits"] = memory["peak_bytes"] <= chip.hbm_bytes
+  state, metrics, batch = built.args
+  counted = {"params": _per_chip_bytes(state["params"]),
+             "optimizer": _per_chip_bytes(state["opt_state"]),
+             "model_state": _per_chip_bytes(state["rest"]),
+             "step_and_metrics": _per_chip_bytes(state["step"]) +
+                                 _per_chip_bytes(metrics),
+             "batch": _per_chip_bytes(batch)}
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  cost = dict(cost or {})
+  flops = float(cost.get("flops", 0.0))
+  bytes_accessed = float(cost.get("bytes accessed", 0.0))
+  n = len(devices)
+  hlo = compiled.as_text()
+  coll = collectives(hlo, n)
+  ici = sum(v["ici_bytes"] for v in coll.values())
+  kw = built.model_kwargs
+  macs = count_macs(net_spec(kw["name"], width_mult=kw["width_mult"],
+                             fc_width=kw["fc_width"],
+                             head_window=kw.get("head_window")),
+                    int(config.data.crop_size), in_channels=kw["in_channels"],
+                    num_classes=kw["num_classes"])
+  report = {
+      "topology": topology if topology == "cpu" else
+                  pods.canonical_topology(topology),
+      "num_slices": num_slices, "chips": n,
+      "device_kind": devices[0].device_kind,
+      "chip": dataclasses.asdict(chip),
+      "mesh": {k: int(v) for k, v in built.mesh.shape.items()},
+      "model": kw, "dtype": config.model.dtype,
+      "conv_impl": built.conv_impl,
+      "shard_fc_kernels": bool(config.shard_fc_kernels),
+      "global_batch": built.global_batch,
+      "batch_per_chip": built.global_batch / sharding_lib.num_data_shards(
+          built.mesh),
+      "image_size": int(config.data.crop_size),
+      "memory_per_chip": memory,
+      "counted_bytes_per_chip": counted,
+      "flops_per_chip": flops,
+      "flops_per_step": flops * n,
+      "model_flops_per_step": 6 * macs * built.global_batch,
+      "bytes_accessed_per_chip": bytes_accessed,
+      "collectives_per_chip": coll,
+      "roofline": roofline(
+          chip, flops=flops, hbm_bytes=memory["argument_size_in_bytes"] +
+          memory["output_size_in_bytes"] + 2 * memory["temp_size_in_bytes"],
+          ici_bytes=ici, global_batch=built.global_batch,
+          xla_bytes_accessed=bytes_accessed),
+      "compile_s": compile_s,
+      "jax": jax.__version__,
+  }
+  if keep_hlo:
+    report["hlo"] = hlo
+  return report
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Atomic: a temp name, fsync, rename (never half a file under ``path``)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+  with open(tmp, "w") as f:
+    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _gib(b: float) -> str:
+  return f"{b / pods.GIB:.2f} GiB"
+
+
+def summary(r: dict) -> str:
+  m, rf = r["memory_per_chip"], r["roofline"]
+  lines = [
+      f"{r['model']['name']} {r['dtype']} on {r['topology']} "
+      f"({r['chips']} chips, {r['device_kind']}), mesh {r['mesh']}, "
+      f"global batch {r['global_batch']} ({r['batch_per_chip']:g}/chip), "
+      f"FC sharding {'on' if r['shard_fc_kernels'] else 'off'}; "
+      f"compiled in {r['compile_s']:.0f} s",
+      "per chip: " + ", ".join(f"{k} {_gib(m[k])}" for k in MEMORY_FIELDS),
+      f"peak {_gib(m['peak_bytes'])} of {_gib(m['hbm_bytes'])} HBM: "
+      + ("fits" if m["fits"] else "DOES NOT FIT"),
+      f"FLOPs/step {r['flops_per_step']:.3e} (model count "
+      f"{r['model_flops_per_step']:.3e})",
+      "collectives per chip: " + (", ".join(
+          f"{k} x{v['count']} {v['bytes'] / 2**20:.1f} MiB"
+          for k, v in r["collectives_per_chip"].items()) or "none"),
+      f"roofline: >= {rf['step_time_s'] * 1e3:.1f} ms/step "
+      f"({rf['bound_by']}-bound; compute {rf['compute_s'] * 1e3:.1f}, "
+      f"HBM {rf['hbm_s'] * 1e3:.1f}, ICI {rf['ici_s'] * 1e3:.1f} ms) "
+      f"-> <= {rf['images_per_s']:.0f} img/s",
+  ]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Sweep: the largest global batch that fits (bisection, cached per point).
+
+
+def point_key(config, topology: str, batch: int) -> str:
+  return (f"{config.model.name}_{pods.canonical_topology(topology)}_"
+          f"{config.model.dtype}_fc{int(bool(config.shard_fc_kernels))}"
+          f"m{config.mesh_model_axis}_b{batch}").replace(":", "-")
+
+
+def compile_point(config, topology: str, batch: int, cache_dir, **kw) -> dict:
+  """``analyze`` at global batch ``batch``, cached as one JSON per point."""
+  path = pathlib.Path(cache_dir) / (point_key(config, topology, batch) +
+                                    ".json")
+  if path.is_file():
+    return json.loads(path.read_text())
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.batch_size = batch
+  r = analyze(config, topology, **kw)
+  write_json(path, r)
+  return r
+
+
+def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
+          start_per_chip: int = 8, max_per_chip: int = 8192,
+          log=print, **kw) -> dict:
+  """Largest global batch (a multiple of the data shards) that fits.
+
+  Compiles at ``start_per_chip`` and twice that, extrapolates the memory
+  linearly to the HBM, then bisects until a fitting batch and one
+  ``step_per_chip`` larger that does not fit are both compiled (or the
+  largest batch tried, ``max_per_chip``, still fits).
+  """
+  chip, dims = pods.parse_topology(topology)
+  chips = math.prod(dims) * kw.get("num_slices", 1)
+  shards = chips // config.mesh_model_axis
+  tried = {}
+
+  def fits(per_chip: int) -> bool:
+    r = compile_point(config, topology, per_chip * shards, cache_dir, **kw)
+    tried[per_chip] = r
+    m = r["memory_per_chip"]
+    log(f"  {point_key(config, topology, per_chip * shards)}: peak "
+        f"{_gib(m['peak_bytes'])} of {_gib(m['hbm_bytes'])} -> "
+        f"{'fits' if m['fits'] else 'does not fit'}")
+    return m["fits"]
+
+  lo, hi = 0, None  # largest known fitting / smallest known failing per chip
+  a, b = start_per_chip, 2 * start_per_chip
+  for x in (a, b):
+    if fits(x):
+      lo = max(lo, x)
+    else:
+      hi = x if hi is None else min(hi, x)
+      break
+  if lo == b:  # linear model through the two points
+    pa = tried[a]["memory_per_chip"]["peak_bytes"]
+    pb = tried[b]["memory_per_chip"]["peak_bytes"]
+    slope = (pb - pa) / (b - a)
+    guess = int((chip.hbm_bytes - pa) / slope + a) if slope > 0 else 2 * b
+    guess = max(b + step_per_chip,
+                min(max_per_chip, guess // step_per_chip * step_per_chip))
+    if fits(guess):
+      lo = guess
+      nxt = guess + step_per_chip
+      if nxt <= max_per_chip and not fits(nxt):
+        hi = nxt
+    else:
+      hi = guess
+  while hi is None and lo < max_per_chip:  # double until it does not fit
+    x = min(max_per_chip, 2 * lo)
+    if fits(x):
+      lo = x
+    else:
+      hi = x
+  while hi is not None and hi - lo > step_per_chip:
+    mid = (lo + hi) // 2 // step_per_chip * step_per_chip
+    if mid <= lo:
+      break
+    if fits(mid):
+      lo = mid
+    else:
+      hi = mid
+  best = tried.get(lo)
+  return {"net": config.model.name, "topology": pods.canonical_topology(
+      topology), "dtype": config.model.dtype,
+      "shard_fc_kernels": bool(config.shard_fc_kernels),
+      "mesh_model_axis": int(config.mesh_model_axis),
+      "max_global_batch": lo * shards, "max_batch_per_chip": lo,
+      "first_failing_global_batch": hi * shards if hi else None,
+      "step_per_chip": step_per_chip, "at_max": best,
+      "points": sorted(k * shards for k in tried)}
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv=None):
+  from absl import app, flags
+  from ml_collections import config_flags
+  flags_ = flags.FLAGS
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file (experiments/*.py[:stage]); "
+      "override fields with --config.field=value as for vgg_jax.main.",
+      lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU topology, GENERATION:AxB[xC] "
+                      "(v4:2x2x4, v5e:16x16, v5p:4x4x4, v6e:8x8) or a pod "
+                      f"name ({', '.join(pods.SWEEP_TOPOLOGIES)}).")
+  flags.DEFINE_integer("num_slices", 1, "Slices (multislice), if libtpu "
+                       "supports it for this generation.")
+  flags.DEFINE_integer("num_classes", None, "Class count when the dataset "
+                       "is not imagenet2012/fashion_mnist.")
+  flags.DEFINE_integer("num_train_examples", None, "Training-set size "
+                       "(only the lr schedule's length depends on it).")
+  flags.DEFINE_string("output", None, "Write the report (JSON) here.")
+  flags.DEFINE_bool("sweep", False, "Find the largest global batch that "
+                    "fits (bisection); needs --cache_dir.")
+  flags.DEFINE_string("cache_dir", "benchmarks/results/aot_cache",
+                      "Sweep: one JSON per compiled point (resumable).")
+  flags.DEFINE_integer("step_per_chip", 8, "Sweep resolution, images/chip.")
+  flags.mark_flags_as_required(["config", "topology"])
+
+  def run(_):
+    config = flags_.config
+    try:
+      pods.parse_topology(flags_.topology)
+      kw = dict(num_slices=flags_.num_slices, num_classes=flags_.num_classes,
+                num_train_examples=flags_.num_train_examples)
+      if flags_.sweep:
+        result = sweep(config, flags_.topology, flags_.cache_dir,
+                       step_per_chip=flags_.step_per_chip, **kw)
+        print(f"largest global batch that fits: "
+              f"{result['max_global_batch']} "
+              f"({result['max_batch_per_chip']}/chip; "
+              f"{result['first_failing_global_batch']} does not fit)")
+        if result["at_max"]:
+          print(summary(result["at_max"]))
+      else:
+        result = analyze(config, flags_.topology, **kw)
+        print(summary(result))
+    except (ValueError, LibtpuMissingError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    if flags_.output:
+      write_json(flags_.output, result)
+      print(f"wrote {flags_.output}")
+    return 0
+
+  app.run(lambda a: sys.exit(run(a)), argv=argv)
+
+
+if __name__ == "__main__":
+  main()

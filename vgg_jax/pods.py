@@ -1,0 +1,143 @@
+"""Published per-chip peaks of Cloud TPU generations, and topology names.
+
+The roofline in ``vgg_jax.aot`` divides by these numbers.  They are the
+vendor's published peaks (dense bf16 matrix throughput, HBM capacity and
+bandwidth, inter-chip interconnect bandwidth), not measurements; a real
+step reaches a fraction of them (its MFU).
+
+Sources (Google Cloud TPU documentation, "TPU versions" / system
+architecture pages, as published in 2025):
+  v4:  https://cloud.google.com/tpu/docs/v4   275 TFLOP/s bf16, 32 GiB HBM2,
+       1,200 GB/s HBM, ICI 2,400 Gbps per chip (6 links).
+  v5e: https://cloud.google.com/tpu/docs/v5e  197 TFLOP/s bf16, 16 GiB HBM2,
+       819 GB/s HBM, ICI 1,600 Gbps per chip.
+  v5p: https://cloud.google.com/tpu/docs/v5p  459 TFLOP/s bf16, 95 GB HBM2e,
+       2,765 GB/s HBM, ICI 4,800 Gbps per chip.
+  v6e: https://cloud.google.com/tpu/docs/v6e  918 TFLOP/s bf16, 32 GB HBM,
+       1,640 GB/s HBM, ICI 3,584 Gbps per chip.
+ICI is quoted in gigabits per second for all of a chip's links together;
+``ici_bytes_per_s`` is that divided by 8.  f32 matrix products on TPU run
+on the same bf16 MXU (XLA's default precision: one bf16 pass), so the bf16
+peak is the denominator for both dtypes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import re
+import sys
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  generation: str
+  bf16_flops_per_s: float
+  hbm_bytes: int
+  hbm_bytes_per_s: float
+  ici_bytes_per_s: float
+  cores_per_chip: int  # TensorCores XLA sees as one device (megacore on v4/v5p)
+  # How gcloud names a slice of N chips (v4/v5p count TensorCores: 2/chip).
+  accelerator_type_prefix: str
+  source: str
+
+  def accelerator_type(self, chips: int) -> str:
+    return f"{self.accelerator_type_prefix}-{chips * self.cores_per_chip}"
+
+
+CHIPS = {
+    "v4": Chip("v4", 275e12, 32 * GIB, 1200e9, 2400e9 / 8, 2, "v4",
+               "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip("v5e", 197e12, 16 * GIB, 819e9, 1600e9 / 8, 1,
+                "v5litepod", "https://cloud.google.com/tpu/docs/v5e"),
+    # 95 GB as published (decimal gigabytes; the chip's usable HBM).
+    "v5p": Chip("v5p", 459e12, 95 * 10 ** 9, 2765e9, 4800e9 / 8, 2, "v5p",
+                "https://cloud.google.com/tpu/docs/v5p"),
+    # 32 GB as published for v6e (Trillium).
+    "v6e": Chip("v6e", 918e12, 32 * GIB, 1640e9, 3584e9 / 8, 1, "v6e",
+                "https://cloud.google.com/tpu/docs/v6e"),
+}
+
+# Other spellings people use for the same generation.
+ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "trillium": "v6e"}
+
+# The names of the pods in the sweep (gcloud's accelerator types) and the
+# topology each is.
+SWEEP_TOPOLOGIES = {
+    "v4-32": "v4:2x2x4",
+    "v5e-256": "v5e:16x16",
+    "v5p-128": "v5p:4x4x4",
+    "v6e-256": "v6e:16x16",
+}
+
+_TOPOLOGY_RE = re.compile(r"^([A-Za-z0-9]+):(\d+(?:x\d+){1,2})$")
+
+
+def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
+  """``"v5e:4x4"`` -> (the v5e Chip, (4, 4)); a clear error otherwise.
+
+  Also accepts the pod names of ``SWEEP_TOPOLOGIES`` (e.g. ``v5e-256``).
+  """
+  name = SWEEP_TOPOLOGIES.get(name, name)
+  m = _TOPOLOGY_RE.match(name.strip())
+  if not m:
+    raise ValueError(
+        f"topology {name!r} is not GENERATION:AxB[xC], e.g. v5e:4x4, "
+        f"v4:2x2x2, v5p:4x4x4, v6e:16x16 (or one of "
+        f"{', '.join(SWEEP_TOPOLOGIES)})")
+  gen = ALIASES.get(m.group(1).lower(), m.group(1).lower())
+  if gen not in CHIPS:
+    raise ValueError(f"unknown TPU generation {m.group(1)!r} in {name!r}; "
+                     f"known: {', '.join(sorted(CHIPS))}")
+  dims = tuple(int(d) for d in m.group(2).split("x"))
+  return CHIPS[gen], dims
+
+
+def canonical_topology(name: str) -> str:
+  """The ``generation:dims`` form of ``name`` (pod names resolved)."""
+  chip, dims = parse_topology(name)
+  return f"{chip.generation}:{'x'.join(map(str, dims))}"
+
+
+# ----------------------------------------------------------------------------
+# The process that compiles for TPU here (vgg_jax.aot).  No jax import in
+# this module: this must run before jax is imported.
+
+# Compile-only TPU devices need libtpu but no TPU; these keep libtpu from
+# probing a cloud metadata server and printing warnings about it, and keep
+# JAX's default backend on the CPU.  ALLOW_MULTIPLE_LIBTPU_LOAD: libtpu
+# otherwise holds /tmp/libtpu_lockfile, and a second compiling process (a
+# sweep and a test, pytest -n) fails with "Internal error when accessing
+# libtpu multi-process lockfile"; compile-only devices share nothing.
+AOT_ENV = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+           "TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+           "TPU_WORKER_ID": "0", "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Where setup.sh installs libtpu (outside the virtualenv, so that no other
+# process sees it and tries to start a TPU).
+REPO_LIBTPU_DIR = pathlib.Path(__file__).resolve().parent.parent / ".libtpu"
+
+
+def libtpu_dir() -> pathlib.Path | None:
+  """A directory holding an installed ``libtpu`` package, if any."""
+  for d in (os.environ.get("VGG_JAX_LIBTPU_DIR"), REPO_LIBTPU_DIR):
+    if d and (pathlib.Path(d) / "libtpu").is_dir():
+      return pathlib.Path(d)
+  return None
+
+
+def prepare_aot_environment() -> None:
+  """Set AOT_ENV (unless set) and make setup.sh's libtpu importable.
+
+  Call before jax is imported (JAX reads JAX_PLATFORMS at import).
+  """
+  for k, v in AOT_ENV.items():
+    os.environ.setdefault(k, v)
+  if importlib.util.find_spec("libtpu") is None:
+    d = libtpu_dir()
+    if d is not None:
+      sys.path.insert(0, str(d))
