@@ -27,9 +27,10 @@ REPO = pathlib.Path(__file__).absolute().parents[1]
 RUN = REPO / "experiments" / "mini" / "run.py"
 IDX = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
-pytestmark = pytest.mark.skipif(
+# About 20 command lines, each with its own start-up: slow.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (IDX / "t10k-labels-idx1-ubyte.gz").is_file(),
-    reason="Fashion-MNIST IDX files not installed")
+    reason="Fashion-MNIST IDX files not installed")]
 
 
 def _run(workdir):

@@ -457,9 +457,10 @@ def markdown(mode, tables, init) -> str:
   L += ["", "## Table 5: dense vs multi-crop vs both (jittered nets, Q = "
         f"{','.join(map(str, MULTI_Q['jitter']))})", "",
         "| net | method | top-1 err (%) | top-5 err (%) |", "|---|---|---|---|"]
+  order = ("dense", "multicrop", "dense+multicrop")  # the paper's rows
   for (net, protocol), c in sorted(tables["table5"].items(),
                                    key=lambda kv: (_NETS.index(kv[0][0]),
-                                                   kv[0][1])):
+                                                   order.index(kv[0][1]))):
     L.append(f"| {net} | {protocol} | " + " | ".join(fmt_cell(c)) + " |")
   L += ["", "## Table 6 (idea): an ensemble of nets (posteriors averaged)",
         "", "| model(s) | method | top-1 err (%) | top-5 err (%) |",
