@@ -1,0 +1,21 @@
+"""B, the miniature: paper Table 3 (and Table 4) at small scale.
+
+    python -m vgg_jax.main --config experiments/mini/configB.py --workdir workdirs/mini/runs/B_s32_seed0
+
+(``python experiments/mini/run.py --workdir workdirs/mini`` runs these with
+everything else, data first.)  Net B (10 conv), started from the trained A (paper §3.1).
+The recipe and the scale mapping (S=256 -> 32, 384 -> 64, [256;512] ->
+[32;64]) are in experiments/mini/base.py.
+
+Paper, Table 3 (ILSVRC-2012 val, dense, single test scale), error %:
+
+    | train S   | Q   | top-1 | top-5 |
+    |-----------|-----|-------|-------|
+    | 256       | 256 | 28.7  | 9.9   |
+"""
+
+from experiments.mini import base
+
+
+def get_config(arg: str | None = None):
+  return base.mini_config('B', arg, stages=('s32',), from_a=True)
