@@ -395,6 +395,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   sharding_lib.check_batch_size(config.eval_batch_size, mesh)
   info = input_pipeline.dataset_info(config.data)
   task = tasks_lib.get_task(config)
+  evaluators = evaluators_lib.evaluators_from_config(config)
+  # The evaluator whose top-1 drives the plateau rule and the best
+  # checkpoint: "val" (the default entry), else the first.
+  primary = next((e for e in evaluators if e.name == "val"), evaluators[0])
   steps_per_epoch = info.num_train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the "
@@ -499,11 +503,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   result = {"step": step, "val_top1_error": None, "val_top5_error": None,
             "stopped_by": "total_steps"}
   last_good_step = latest
-
-  evaluators = evaluators_lib.evaluators_from_config(config)
-  # The evaluator whose top-1 drives the plateau rule and the best
-  # checkpoint: "val" (the default entry), else the first.
-  primary = next((e for e in evaluators if e.name == "val"), evaluators[0])
 
   def evaluate(step):
     t0 = time.time()
