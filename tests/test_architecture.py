@@ -186,3 +186,48 @@ def test_progress_rate_eta_bar_and_log_lines(caplog):
   lines = [r.getMessage() for r in caplog.records]
   assert len(lines) == 2 and "2/10" in lines[0] and "(done)" in lines[1]
   assert progress.format_duration(3725) == "1:02:05"
+
+
+def test_command_runs_the_config_evaluators_as_training_does(tmp_path):
+  # `python -m vgg_jax.evaluate --config` builds the same evaluator objects
+  # as training and gives the numbers a direct call gives.
+  import json
+  from vgg_jax import evaluate, input_pipeline, weights
+  kw = dict(width_mult=0.125, fc_width=32, num_classes=10, head_window=1,
+            in_channels=1)
+  model = create_model("A", rngs=nnx.Rngs(0), init="he", **kw)
+  cfg = input_pipeline.default_data_config("fashion_mnist")
+  conv = input_pipeline.input_convention(cfg)
+  weights.save_pretrained(tmp_path / "w", model,
+                          model_kwargs=dict(name="A", **kw),
+                          input_convention=conv, source="test",
+                          class_names=list(input_pipeline.FASHION_MNIST_CLASSES),
+                          extra={"train_scale": 32, "crop_size": 32})
+  (tmp_path / "c.py").write_text(
+      "from vgg_jax import configs\n"
+      "def get_config(arg=None):\n"
+      "  c = configs.base_config('fashion_mnist')\n"
+      "  c.eval_batch_size = 1000\n"
+      "  c.evals.dense = dict(type='protocol', protocol='dense', limit=40,\n"
+      "                       batch_size=8)\n"
+      "  return configs.lock(c)\n")
+  out = evaluate.main(["--config", str(tmp_path / "c.py"), "--model",
+                       str(tmp_path / "w"), "--output", str(tmp_path / "o")])
+  got = out[str(tmp_path / "w")]
+  assert got["val_examples"] == 10000 and got["dense_examples"] == 40
+  # The protocol part, independently: dense posteriors of the first 40
+  # test images (28x28 rescaled to 32 by the reader: the 1x1 map of image
+  # and flip).
+  from vgg_jax.data import readers
+  _, labels = input_pipeline.fashion_mnist_split(cfg, "test")
+  images = readers.fashion_mnist_resized(cfg, "test", 32)[0][:40]
+  x = conv.normalise(images.reshape(40, 32, 32, 1))
+  p = (jax.nn.softmax(model(x)) + jax.nn.softmax(model(x[:, :, ::-1]))) / 2
+  p = np.asarray(p)
+  top5 = np.argsort(-p, axis=1)[:, :5]
+  want1 = np.mean(top5[:, 0] != labels[:40])
+  want5 = np.mean(~(top5 == labels[:40, None]).any(axis=1))
+  assert got["dense_top1_error"] == pytest.approx(want1, abs=1e-9)
+  assert got["dense_top5_error"] == pytest.approx(want5, abs=1e-9)
+  saved = json.loads((tmp_path / "o" / "evals.json").read_text())
+  assert saved[str(tmp_path / "w")]["val_top1_error"] == got["val_top1_error"]

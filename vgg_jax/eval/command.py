@@ -60,6 +60,10 @@ def build_parser():
   p.add_argument("--arch", action="append", default=[],
                  help="the net each --model must be (e.g. D); an error if "
                  "the directory holds another")
+  p.add_argument("--config", default=None,
+                 help="a training config file (FILE.py[:ARG]): run its "
+                 "`evals` evaluators on each --model, exactly as training "
+                 "does, and write evals.json (instead of --protocol)")
   p.add_argument("--from-posteriors", nargs="+", default=[],
                  help="saved posteriors (.npz from --save-posteriors) to "
                  "combine instead of evaluating models")
@@ -100,8 +104,51 @@ def build_parser():
   return p
 
 
+def load_config_file(spec: str):
+  """``FILE.py[:ARG]`` -> ``get_config(ARG)`` of that file (as main.py's
+  --config, without its flag machinery)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"--config {path}: no such file")
+  module_spec = importlib.util.spec_from_file_location("_vgg_jax_config",
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def run_config_evals(args) -> dict[str, Any]:
+  """Every --model through the config's evaluators (eval/evaluators.py)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from vgg_jax import files  # pylint: disable=g-import-not-at-top
+  from vgg_jax.eval import evaluators as evaluators_lib  # pylint: disable=g-import-not-at-top
+  config = load_config_file(args.config)
+  evaluators = evaluators_lib.evaluators_from_config(config)
+  info = data_lib.dataset_info(config.data)
+  results = {}
+  for path in args.model:
+    m = load_model(path, step=args.step, best=args.best)
+    check_compatible(m, info, data_desc=f"{args.config}'s data")
+    values = {}
+    for ev in evaluators:
+      values.update(ev.evaluate(m.model, convention=m.convention))
+    results[str(path)] = values
+    if jax.process_index() == 0:
+      print(f"{path}: {evaluators_lib.summary_line(values)}")
+  if jax.process_index() == 0:
+    text = json.dumps(results, indent=2) + "\n"
+    files.atomic_write(pathlib.Path(args.output) / "evals.json",
+                       lambda f: f.write(text.encode()))
+  return results
+
+
 def main(argv=None) -> dict[str, Any]:
   args = build_parser().parse_args(argv)
+  if args.config:
+    if not args.model:
+      raise SystemExit("--config needs --model DIR (one or more)")
+    return run_config_evals(args)
   protocol = args.protocol
   parts = protocol_parts(protocol)
   if bool(args.model) == bool(args.from_posteriors):

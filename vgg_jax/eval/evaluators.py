@@ -6,9 +6,11 @@
 
 Each entry is ``name -> {type, ...options}``; ``type`` picks a class
 registered with ``@register_evaluator``.  The training loop builds them with
-``evaluators_from_config(config)`` and calls ``run`` at every evaluation;
-``python -m vgg_jax.evaluate`` runs the same protocol code
-(``eval/protocols.evaluate_model``).  Every metric an evaluator returns is
+``evaluators_from_config(config)`` and calls ``evaluate`` at every
+evaluation; ``python -m vgg_jax.evaluate --config FILE --model DIR`` builds
+the same objects from the same config and runs them on a saved model (and
+``--protocol`` runs ``eval/protocols.evaluate_model``, the code of the
+"protocol" evaluator).  Every metric an evaluator returns is
 prefixed with its name (``val_top1_error``); the entry named by
 ``config.get("best_metric_eval", "val")`` feeds the plateau rule and the best
 checkpoint (its ``{name}_top1``).
