@@ -1,4 +1,4 @@
-"""AlexNet (Krizhevsky et al. 2012), single tower, with its own recipe (SPEC section 7).
+"""AlexNet (Krizhevsky et al. 2012), single tower, with its own recipe (the baseline of paper §4.5, Table 7).
 
     python -m vgg_jax.main --config experiments/alexnet.py --workdir workdirs/alexnet
 
@@ -22,7 +22,7 @@ decoding (~44,000 images/s would be needed to keep up), so budget by the
 input pipeline.  Krizhevsky et al.: 5-6 days on two GTX 580 GPUs.
 """
 
-from experiments import common
+from vgg_jax import configs as common
 
 
 def get_config(arg: str | None = None):

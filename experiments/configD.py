@@ -37,7 +37,7 @@ weeks per net on 4 Titan Black GPUs.  The fine-tuning stages cost the same
 per image (training crops stay 224x224) and stop by the plateau rule.
 """
 
-from experiments import common
+from vgg_jax import configs as common
 
 
 def get_config(arg: str | None = None):

@@ -27,7 +27,7 @@ neighbours).  Cost: 6.2M MACs per image forward, about 37 MFLOP per
 training image; 840K training images.
 """
 
-from experiments import common
+from vgg_jax import configs as common
 
 
 def get_config(arg: str | None = None):

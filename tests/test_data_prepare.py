@@ -24,7 +24,7 @@ PER_CLASS = 3
 
 
 def _tfds_file(rel):
-  tfds = ip._tfds_module()
+  tfds = ip.tfds_module()
   return pathlib.Path(str(tfds.core.tfds_path(rel)))
 
 

@@ -6,6 +6,7 @@ from flax import nnx
 
 from vgg_jax import conventions, evaluate
 from vgg_jax.models import create_model
+from vgg_jax.models.vgg import valid_positions
 
 TINY = dict(width_mult=0.125, fc_width=64, num_classes=10, init="he")
 
@@ -124,7 +125,7 @@ def test_bucketed_dense_equals_each_image_alone(name):
 
 
 def test_without_remasking_the_canvas_would_change_the_result():
-  # The reason for masked_score_map: zero padding alone is not enough, the
+  # The reason for the model's masked application (valid_hw): zero padding alone is not enough, the
   # padded border of a layer's output is not zero after bias and ReLU.
   import jax.numpy as jnp
   model = create_model("A", rngs=nnx.Rngs(2), head_window=1, **TINY)
@@ -134,8 +135,9 @@ def test_without_remasking_the_canvas_would_change_the_result():
   canvas[0, :40, :72] = x[0]
   alone = np.asarray(model(x))
   naive = np.asarray(model.score_map(canvas))[:, :1, :2].mean(axis=(1, 2))
-  scores, valid = evaluate.masked_score_map(
-      model, jnp.asarray(canvas), jnp.asarray([[40, 72]], jnp.int32))
+  scores, hw = model.score_map(
+      jnp.asarray(canvas), valid_hw=jnp.asarray([[40, 72]], jnp.int32))
+  valid = valid_positions(scores.shape[1:3], hw[:, 0], hw[:, 1])
   masked = (np.asarray(scores) * np.asarray(valid)[..., None]).sum(
       axis=(1, 2)) / np.asarray(valid).sum()
   # Logits of magnitude ~4: float32 sums in another order differ by ~1e-6
@@ -346,6 +348,7 @@ if nproc > 1:
 from flax import nnx
 from vgg_jax import conventions, evaluate
 from vgg_jax.models import create_model
+from vgg_jax.models.vgg import valid_positions
 model = create_model("A", rngs=nnx.Rngs(1), width_mult=0.125, fc_width=64,
                      num_classes=10, init="he", head_window=1)
 rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ def test_fashion_mnist_read_independently():
   info = ip.dataset_info(cfg)
   assert (info.num_classes, info.num_train_examples,
           info.num_eval_examples) == (10, 60000, 10000)
-  images, labels = ip._fashion_mnist_split(cfg, "test")
+  images, labels = ip.fashion_mnist_split(cfg, "test")
   # Independent IDX parse: 16-byte image header, 8-byte label header.
   with gzip.open(FMNIST / "t10k-images-idx3-ubyte.gz") as f:
     raw = np.frombuffer(f.read()[16:], np.uint8).reshape(10000, 28, 28)
@@ -52,7 +52,7 @@ def test_fashion_mnist_read_independently():
   np.testing.assert_array_equal(labels, raw_labels)
   # Fashion-MNIST is balanced: 6,000 / 1,000 per class.
   assert np.all(np.bincount(labels) == 1000)
-  train, _ = ip._fashion_mnist_split(cfg, "train")
+  train, _ = ip.fashion_mnist_split(cfg, "train")
   assert abs(train.mean() - ip.FASHION_MNIST_MEAN) < 1e-3
   assert abs(train.std() - ip.FASHION_MNIST_STD) < 1e-3
 
@@ -125,7 +125,7 @@ def test_train_indices_disjoint_shards_reshuffled_per_epoch():
 def test_fashion_mnist_eval_every_example_once_on_any_process_count():
   cfg = ip.default_data_config()
   conv = ip.input_convention(cfg)
-  images, labels = ip._fashion_mnist_split(cfg, "test")
+  images, labels = ip.fashion_mnist_split(cfg, "test")
   for procs, gbs in [(1, 384), (3, 768)]:  # 10,000 divides by neither
     seen = []
     nb = None

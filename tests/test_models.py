@@ -13,14 +13,14 @@ from vgg_jax.models import (MODEL_NAMES, PAPER_NETS, abstract_model,
                             init_from_a, local_response_norm, net_spec,
                             param_count)
 
-# SPEC section 1: exact parameter counts and MACs at 224 (paper Table 2 in
+# Exact parameter counts (from Table 1's layers) and MACs at 224 (paper Table 2 in
 # millions: 133, 133, 133, 134, 138, 144).
-SPEC_PARAMS = {
+EXACT_PARAMS = {
     "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
     "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
     "B-shallow": 134_503_528,
 }
-SPEC_GMACS = {"A": 7.609, "A-LRN": 7.609, "B": 11.308, "C": 11.771,
+EXACT_GMACS = {"A": 7.609, "A-LRN": 7.609, "B": 11.308, "C": 11.771,
               "D": 15.470, "E": 19.632, "B-shallow": 9.356}
 PAPER_TABLE2_MILLIONS = {"A": 133, "A-LRN": 133, "B": 133, "C": 134,
                          "D": 138, "E": 144}
@@ -31,17 +31,17 @@ def test_parameter_counts_match_spec_without_allocating(name):
   model = abstract_model(name)  # jax.eval_shape: ShapeDtypeStructs only
   leaves = jax.tree_util.tree_leaves(nnx.state(model))
   assert all(isinstance(l, jax.ShapeDtypeStruct) for l in leaves)
-  assert param_count(model) == SPEC_PARAMS[name]
+  assert param_count(model) == EXACT_PARAMS[name]
   # The layer-table formula is a second, independent count.
-  assert count_params(net_spec(name)) == SPEC_PARAMS[name]
+  assert count_params(net_spec(name)) == EXACT_PARAMS[name]
   if name in PAPER_TABLE2_MILLIONS:
-    assert round(SPEC_PARAMS[name] / 1e6) == PAPER_TABLE2_MILLIONS[name]
+    assert round(EXACT_PARAMS[name] / 1e6) == PAPER_TABLE2_MILLIONS[name]
 
 
 @pytest.mark.parametrize("name", PAPER_NETS)
 def test_macs_at_224_match_spec(name):
   assert count_macs(net_spec(name), 224) / 1e9 == pytest.approx(
-      SPEC_GMACS[name], abs=5e-4)
+      EXACT_GMACS[name], abs=5e-4)
 
 
 def test_weight_layer_counts_match_table1():
@@ -282,7 +282,7 @@ def test_full_size_d_single_forward():
   x = jax.random.uniform(jax.random.key(0), (1, 224, 224, 3)) * 255 - 120
   y = m(x)
   assert y.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(y)))
-  assert param_count(m) == SPEC_PARAMS["D"]
+  assert param_count(m) == EXACT_PARAMS["D"]
 
 
 def test_every_name_builds_abstractly():

@@ -46,7 +46,7 @@ def test_predict_top5_names_and_heatmap(tmp_path, capsys):
   assert heat.shape == img.shape  # drawn over the rescaled image
   # The map itself: soft-max of the score map of the top class; its mean
   # over positions is a probability and it varies over the image.
-  hm = predict.score_heatmap(predict.evaluate.load_model(tmp_path / "w"),
+  hm = predict.score_heatmap(predict.model_dir.load_model(tmp_path / "w"),
                              img, top[0][0])
   assert hm.shape == (256 // 32 - 6, round(451 * 256 / 300) // 32 - 6)
   assert 0 <= hm.min() <= hm.max() <= 1 and hm.std() > 0

@@ -20,7 +20,7 @@ from vgg_jax import train
 
 REPO = pathlib.Path(__file__).absolute().parents[1]
 sys.path.insert(0, str(REPO))
-from experiments import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from vgg_jax import configs as common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def tiny_config(**overrides):

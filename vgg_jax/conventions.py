@@ -1,4 +1,4 @@
-"""What a set of weights expects of its input (SPEC section 9).
+"""What a set of weights expects of its input (paper §2.1: minus the mean RGB).
 
 The paper's only normalisation is subtracting the training-set mean RGB
 (values 0-255).  Published weights differ: the Caffe release and Keras'
@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-# ILSVRC-2012 training-set statistics (SPEC section 8).  The paper subtracts
+# ILSVRC-2012 training-set statistics (paper §2.1, §3.1; the eigen-pairs are
+# those Krizhevsky et al. 2012 published).  The paper subtracts
 # the mean it computed; `python -m vgg_jax.data stats` recomputes both on the
 # user's own training split.
 IMAGENET_MEAN_RGB_255 = (123.68, 116.78, 103.94)

@@ -1,5 +1,9 @@
 """grain input pipelines: the paper's section 3.1 (training) and 3.2 (test).
 
+(Over 600 lines because the training and evaluation pipelines share the
+source registry, the process sharding and the grain plumbing; the readers
+are in ``vgg_jax/data/readers.py``.)
+
 Sources (``data_cfg.source``):
 - ``"fashion_mnist"``: the embedded default.  Debian's IDX files
   (``apt-get install dataset-fashion-mnist`` -> /usr/share/datasets/
@@ -75,21 +79,16 @@ import numpy as np
 
 from vgg_jax import conventions
 from vgg_jax import preprocess
+from vgg_jax.data import readers
+# The readers' names, where callers have always found them.
+from vgg_jax.data.readers import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR,
+                                  FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+                                  IMAGE_EXTENSIONS, DatasetInfo,
+                                  FolderImageSource, TfdsImageSource,
+                                  fashion_mnist_split,
+                                  load_or_create_class_index, tfds_module)
 
 log = logging.getLogger(__name__)
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-    "Sneaker", "Bag", "Ankle boot")
-# Fashion-MNIST training-set pixel mean and std (0-255), from the 60,000
-# training images (tests/test_input_pipeline.py recomputes them).
-FASHION_MNIST_MEAN = 72.940
-FASHION_MNIST_STD = 90.021
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
-                    ".tiff", ".ppm", ".pgm")
-
 
 # ----------------------------------------------------------------------------
 # Configuration
@@ -103,39 +102,31 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
   """
   # Not type-safe: train_scale is an int S or a pair [S_min, S_max].
   c = ml_collections.ConfigDict(type_safe=False)
-  # Where the data comes from: "fashion_mnist", "tfds" or "folder".
+  # Where the data comes from: a registered source (``source_names()``):
+  # "fashion_mnist", "tfds" or "folder".
+  kind = get_source(source)
   c.source = source
   # TFDS dataset name (source="tfds"), e.g. "imagenet2012".
-  c.name = {"fashion_mnist": "fashion_mnist", "tfds": "imagenet2012"}.get(
-      source, "")
+  c.name = ""
   # TFDS data_dir; the folder root (source="folder"); the IDX directory
   # (source="fashion_mnist"; None means /usr/share/datasets/fashion-mnist).
   c.data_dir = None
   c.train_split = "train"
-  c.eval_split = "validation" if source in ("tfds", "folder") else "test"
+  c.eval_split = "validation"
   # source="folder": JSON {class_name: index}; None -> data_dir/class_index.json
   c.class_index_path = None
-  if source == "fashion_mnist":
-    c.crop_size = 32  # network input side
-    c.train_scale = 32  # S: 28x28 is rescaled to 32x32
-    c.eval_scale = 32  # Q
-    c.train_pad = 4  # zero border added before the random crop (translation)
-    c.pca_std = 0.0  # colour shift needs colour
-    c.mean_rgb = (FASHION_MNIST_MEAN,)
-    c.std_rgb = (FASHION_MNIST_STD,)
-    # 1: keep grey (model in_channels=1); 3: replicate to RGB.
-    c.image_channels = 1
-  else:
-    c.crop_size = 224  # section 3.1: 224x224 crops
-    # S: an int (single-scale: 256 or 384) or [S_min, S_max] (jittering,
-    # S drawn uniformly per image; the paper uses [256, 512]).
-    c.train_scale = 256
-    c.eval_scale = 256  # Q (section 3.2); Q = S for fixed-S models
-    c.train_pad = 0  # the paper pads nothing
-    c.pca_std = 0.1  # alpha ~ N(0, 0.1) (Krizhevsky et al. 2012)
-    c.mean_rgb = conventions.IMAGENET_MEAN_RGB_255
-    c.std_rgb = (1.0, 1.0, 1.0)
-    c.image_channels = 3
+  # The paper's 224 crops (§3.1); small-image sources change these.
+  c.crop_size = 224  # section 3.1: 224x224 crops
+  # S: an int (single-scale: 256 or 384) or [S_min, S_max] (jittering,
+  # S drawn uniformly per image; the paper uses [256, 512]).
+  c.train_scale = 256
+  c.eval_scale = 256  # Q (section 3.2); Q = S for fixed-S models
+  c.train_pad = 0  # the paper pads nothing
+  c.pca_std = 0.1  # alpha ~ N(0, 0.1) (Krizhevsky et al. 2012)
+  c.mean_rgb = conventions.IMAGENET_MEAN_RGB_255
+  c.std_rgb = (1.0, 1.0, 1.0)
+  c.image_channels = 3
+  kind.configure(c)
   c.flip = True  # random horizontal flip (section 3.1)
   # RGB covariance eigenvalues (0-1 scale) and eigenvectors (columns); see
   # `python -m vgg_jax.data stats` to compute them on your own data.
@@ -158,15 +149,6 @@ def input_convention(data_cfg) -> conventions.InputConvention:
   """
   return conventions.InputConvention("RGB", 1.0, tuple(data_cfg.mean_rgb),
                                      tuple(data_cfg.std_rgb))
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train_examples: int
-  num_eval_examples: int
-  class_names: list[str] | None
-  image_channels: int
 
 
 def _train_scale_range(data_cfg) -> tuple[int, int]:
@@ -209,99 +191,6 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
 # Fashion-MNIST: in memory, vectorised
 
 
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-  with gzip.open(path, "rb") as f:
-    data = f.read()
-  zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-  if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f"{path} is not a uint8 IDX file")
-  shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-  arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-  if arr.size != int(np.prod(shape)):
-    raise ValueError(f"{path}: expected {shape} values, found {arr.size} "
-                     "(truncated file? reinstall dataset-fashion-mnist)")
-  return arr.reshape(shape)
-
-
-_FMNIST_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _fashion_mnist_split(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 (N, 28, 28), labels int32 (N,)) of "train" or "test"."""
-  if split not in ("train", "test"):
-    raise ValueError(
-        f"Fashion-MNIST has splits 'train' (60,000) and 'test' (10,000), "
-        f"not {split!r}")
-  root = pathlib.Path(data_cfg.data_dir or FASHION_MNIST_DIR)
-  key = (str(root), split)
-  if key in _FMNIST_CACHE:
-    return _FMNIST_CACHE[key]
-  prefix = "train" if split == "train" else "t10k"
-  img_path = root / f"{prefix}-images-idx3-ubyte.gz"
-  lbl_path = root / f"{prefix}-labels-idx1-ubyte.gz"
-  if img_path.exists() and lbl_path.exists():
-    images, labels = _read_idx(img_path), _read_idx(lbl_path).astype(np.int32)
-  else:
-    images, labels = _fashion_mnist_from_tfds(data_cfg, split, root)
-  if len(images) != len(labels):
-    raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but "
-                     f"{len(labels)} labels")
-  _FMNIST_CACHE[key] = (images, labels)
-  return images, labels
-
-
-def _fashion_mnist_from_tfds(data_cfg, split, root):
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    tfds_dir = data_cfg.data_dir if data_cfg.data_dir else None
-    source = tfds.data_source("fashion_mnist", split=split, data_dir=tfds_dir,
-                              download=False)
-    n = len(source)
-    images = np.empty((n, 28, 28), np.uint8)
-    labels = np.empty((n,), np.int32)
-    for i in range(n):
-      ex = source[i]
-      images[i] = np.asarray(ex["image"]).reshape(28, 28)
-      labels[i] = ex["label"]
-    return images, labels
-  except Exception as e:  # pylint: disable=broad-except
-    raise FileNotFoundError(
-        f"Fashion-MNIST not found: no IDX files in {root} "
-        "(train-images-idx3-ubyte.gz etc.) and no prepared TFDS "
-        f"'fashion_mnist' ({type(e).__name__}: {e}).  Install Debian's copy "
-        "with `apt-get install dataset-fashion-mnist` (as root; it lands in "
-        f"{FASHION_MNIST_DIR}), or where the internet is reachable run "
-        "`python -m vgg_jax.data prepare fashion_mnist --data_dir DIR`.") from e
-
-
-def _resize_batch(images: np.ndarray, side: int) -> np.ndarray:
-  """(N, h, w) uint8 -> (N, side, side'), shorter side = side, vectorised."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  n, h, w = images.shape
-  new_h, new_w = preprocess.rescaled_size(h, w, side)
-  if (new_h, new_w) == (h, w):
-    return images
-  interp = cv2.INTER_AREA if new_h < h else cv2.INTER_LINEAR
-  out = np.empty((n, new_h, new_w), np.uint8)
-  chunk = 128  # OpenCV 5 resizes at most a few hundred channels at once
-  for start in range(0, n, chunk):
-    block = np.ascontiguousarray(images[start:start + chunk].transpose(1, 2, 0))
-    res = cv2.resize(block, (new_w, new_h), interpolation=interp)
-    out[start:start + chunk] = res.reshape(new_h, new_w, -1).transpose(2, 0, 1)
-  return out
-
-
-_RESIZED_CACHE: dict[Any, np.ndarray] = {}
-
-
-def _fashion_mnist_resized(data_cfg, split: str, side: int):
-  images, labels = _fashion_mnist_split(data_cfg, split)
-  key = (str(data_cfg.data_dir or FASHION_MNIST_DIR), split, side)
-  if key not in _RESIZED_CACHE:
-    _RESIZED_CACHE[key] = _resize_batch(images, side)
-  return _RESIZED_CACHE[key], labels
-
-
 def batch_random_crop_flip(images: np.ndarray, crop: int, pad: int, flip: bool,
                            rng: np.random.Generator) -> np.ndarray:
   """Vectorised random crop (after zero-padding by ``pad``) and flip.
@@ -323,15 +212,6 @@ def batch_random_crop_flip(images: np.ndarray, crop: int, pad: int, flip: bool,
   return images[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _grey_to_channels(images: np.ndarray, channels: int) -> np.ndarray:
-  images = images[..., None]
-  if channels == 3:
-    images = np.repeat(images, 3, axis=-1)
-  elif channels != 1:
-    raise ValueError(f"image_channels must be 1 or 3, got {channels}")
-  return images
-
-
 class _FashionMnistAugment:
   """Batch of indices + rng -> augmented, normalised batch (vectorised)."""
 
@@ -345,7 +225,7 @@ class _FashionMnistAugment:
   def __call__(self, idx: np.ndarray, rng: np.random.Generator):
     x = batch_random_crop_flip(self.images[idx], self.crop, self.pad,
                                self.flip, rng)
-    x = _grey_to_channels(x, self.channels)
+    x = readers.grey_to_channels(x, self.channels)
     return {"image": preprocess.normalise_images(x, self.convention),
             "label": self.labels[idx],
             "num_skipped": np.zeros(len(idx), np.int32)}
@@ -357,7 +237,7 @@ def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
   if lo != hi:
     raise ValueError("scale jittering is not supported for Fashion-MNIST "
                      "(in-memory pre-rescaled images); use an int train_scale")
-  images, labels = _fashion_mnist_resized(data_cfg, data_cfg.train_split, lo)
+  images, labels = readers.fashion_mnist_resized(data_cfg, data_cfg.train_split, lo)
   augment = _FashionMnistAugment(images, labels, data_cfg, convention)
   ds = train_indices(len(labels), seed=seed, process_index=process_index,
                      process_count=process_count, shuffle=data_cfg.shuffle)
@@ -450,13 +330,7 @@ def create_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
   kw = dict(local_batch=local_batch, seed=int(seed),
             convention=input_convention, process_index=process_index,
             process_count=process_count)
-  if data_cfg.source == "fashion_mnist":
-    ds = _fashion_mnist_train(data_cfg, **kw)
-  elif data_cfg.source in ("tfds", "folder"):
-    ds = _image_train(data_cfg, **kw)
-  else:
-    raise ValueError(f"unknown data source {data_cfg.source!r}; expected "
-                     "'fashion_mnist', 'tfds' or 'folder'")
+  ds = get_source(data_cfg.source).train_dataset(data_cfg, **kw)
   ds = _maybe_mp(ds, data_cfg)
   return TrainIterator(iter(ds))
 
@@ -558,13 +432,7 @@ def create_eval_iterator(data_cfg, *, split: str | None = None,
   local_batch = _local_batch(global_batch_size, process_count)
   split = split or data_cfg.eval_split
   scale = int(scale or data_cfg.eval_scale)
-  if data_cfg.source == "fashion_mnist":
-    source = _FashionMnistEvalSource(data_cfg, split, scale)
-  elif data_cfg.source in ("tfds", "folder"):
-    source = _image_source(data_cfg, split)
-  else:
-    raise ValueError(f"unknown data source {data_cfg.source!r}; expected "
-                     "'fashion_mnist', 'tfds' or 'folder'")
+  source = get_source(data_cfg.source).eval_source(data_cfg, split, scale)
   n = len(source)
   num_batches = eval_num_batches(n, global_batch_size)
   example_fn = _EvalExample(data_cfg, source, scale=scale, protocol=protocol,
@@ -609,29 +477,6 @@ class _EvalBatcher:
     return out
 
 
-class _FashionMnistEvalSource:
-  """Fashion-MNIST split as (uint8 (Q, Q) grey image, label, name) records."""
-
-  prescaled = True  # already rescaled to Q in memory
-
-  def __init__(self, data_cfg, split, scale):
-    self.images, self.labels = _fashion_mnist_resized(
-        data_cfg, split, scale)
-    self.split = split
-    self.channels = data_cfg.image_channels
-
-  def __len__(self):
-    return len(self.labels)
-
-  def get(self, i, min_side=None):
-    del min_side
-    return (_grey_to_channels(self.images[i][None], self.channels)[0],
-            int(self.labels[i]), f"fashion_mnist/{self.split}/{i}")
-
-  def label_and_name(self, i):
-    return int(self.labels[i]), f"fashion_mnist/{self.split}/{i}"
-
-
 class _EvalExample:
   """position in this process's padded stream -> one example dict."""
 
@@ -663,12 +508,9 @@ class _EvalExample:
 
   def _view(self, img):
     """A rescaled uint8 image -> the protocol's uint8 view."""
-    if self.protocol == "centre":
-      return preprocess.center_crop(img, self.crop)
-    if self.protocol == "multicrop":
-      crops = preprocess.grid_crops(img, self.crop, self.grid)
-      return np.concatenate([crops, preprocess.horizontal_flip(crops)])
-    return img
+    view = preprocess.protocol_views(img, self.protocol, self.crop, self.grid,
+                                     flips=True)
+    return view[0] if self.protocol == "centre" else view
 
   def __call__(self, local_pos: int) -> dict:
     g = int(_eval_global_position(np.int64(local_pos), self.local_batch,
@@ -724,206 +566,9 @@ class _EvalExample:
 
 
 
-# ----------------------------------------------------------------------------
-# Image sources: TFDS ArrayRecord and folders of class sub-folders.
-#
-# A source is a random-access sequence of encoded images:
-#   len(source); source.get(i, min_side) -> (uint8 (H, W, 3) RGB, label, name)
-#   (raises preprocess.DecodeError); optionally source.read(i) -> (encoded
-#   bytes or such an array, label, name), which lets training and centre-
-#   crop evaluation decode only the crop (preprocess.decode_rescaled_crop);
-#   source.label_and_name(i);
-#   source.num_classes; source.class_names; source.prescaled (False).
-
-
-def _tfds_module():
-  # TFDS' builder code imports `importlib_resources`, a backport that is not
-  # a dependency; the standard library's module has what it uses.
-  import importlib.resources  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.modules.setdefault("importlib_resources", importlib.resources)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds
-
-
-class TfdsImageSource:
-  """A split of a prepared TFDS image-classification dataset (ArrayRecord).
-
-  Images are read as the stored encoded bytes (``SkipDecoding``) and decoded
-  here, so that JPEG DCT-domain downscaling and our bad-input handling apply.
-  """
-
-  prescaled = False
-
-  def __init__(self, name: str, split: str, data_dir: str | None):
-    tfds = _tfds_module()
-    self.name, self.split, self.data_dir = name, split, data_dir
-    hint = (f"prepare it with `python -m vgg_jax.data prepare {name} "
-            f"--data_dir {data_dir or '~/tensorflow_datasets'}` "
-            + ("--manual_dir DIR_WITH_ILSVRC2012_TARS`"
-               if name.startswith("imagenet2012") else "")
-            ).replace("` --manual", " --manual")
-    try:
-      self._source = tfds.data_source(
-          name, split=split, data_dir=data_dir, download=False,
-          decoders={"image": tfds.decode.SkipDecoding()})
-    except ValueError as e:  # unknown split
-      raise ValueError(f"TFDS dataset {name!r} in {data_dir}: {e}; set "
-                       "data_cfg.train_split / eval_split to one of those, "
-                       f"or {hint}") from e
-    except Exception as e:  # pylint: disable=broad-except
-      raise FileNotFoundError(
-          f"TFDS dataset {name!r} split {split!r} is not prepared as "
-          f"ArrayRecord under data_dir={data_dir!r} "
-          f"({type(e).__name__}: {str(e).splitlines()[0]}); {hint}") from e
-    features = self._source.dataset_info.features
-    for key in ("image", "label"):
-      if key not in features:
-        raise ValueError(f"TFDS dataset {name!r} has features "
-                         f"{list(features)}; an image-classification dataset "
-                         "needs 'image' and 'label'")
-    self.class_names = list(features["label"].names)
-    self.num_classes = int(features["label"].num_classes)
-    self._has_file_name = "file_name" in features
-
-  def __len__(self):
-    return len(self._source)
-
-  def _name(self, i, ex):
-    if self._has_file_name:
-      fn = ex["file_name"]
-      return fn.decode() if isinstance(fn, bytes) else str(fn)
-    return f"{self.name}/{self.split}/{i}"
-
-  def read(self, i):
-    """(encoded image bytes, or an RGB array for a dataset without encoded
-    images, label, name)."""
-    ex = self._source[int(i)]
-    img = ex["image"]
-    if isinstance(img, np.ndarray):  # a dataset without encoded images
-      img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, -1)
-    return img, int(ex["label"]), self._name(i, ex)
-
-  def get(self, i, min_side=None):
-    img, label, name = self.read(i)
-    if not isinstance(img, np.ndarray):
-      try:
-        img = preprocess.decode_image(img, min_side=min_side)
-      except preprocess.DecodeError as e:
-        raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, label, name
-
-  def label_and_name(self, i):
-    ex = self._source[int(i)]
-    return int(ex["label"]), self._name(i, ex)
-
-
-def load_or_create_class_index(data_dir, class_index_path=None,
-                               train_split="train") -> dict[str, int]:
-  """{class folder name: label}, written once (atomically) and then reused.
-
-  Created from the sorted sub-folders of ``data_dir/train_split`` the first
-  time, then always read back, so adding a class folder later cannot shift
-  the labels of a trained model.
-  """
-  root = pathlib.Path(data_dir)
-  path = pathlib.Path(class_index_path) if class_index_path else (
-      root / "class_index.json")
-  if path.exists():
-    with open(path) as f:
-      index = json.load(f)
-    if not isinstance(index, dict) or sorted(index.values()) != list(
-        range(len(index))):
-      raise ValueError(f"{path} must map class names to 0..N-1, got {index}")
-    return index
-  train_dir = root / train_split
-  if not train_dir.is_dir():
-    raise FileNotFoundError(
-        f"no class index at {path} and no training folder {train_dir} to "
-        "build one from; expected DATA_DIR/<split>/<class>/<image files> "
-        "(see docs/data.md)")
-  classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-  if not classes:
-    raise FileNotFoundError(f"{train_dir} has no class sub-folders")
-  index = {c: i for i, c in enumerate(classes)}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(index, f, indent=1)
-  os.replace(tmp, path)
-  log.info("wrote class index of %d classes to %s", len(index), path)
-  return index
-
-
-class FolderImageSource:
-  """``data_dir/split/<class>/<image>`` files, in sorted order."""
-
-  prescaled = False
-
-  def __init__(self, data_dir, split, class_index_path=None,
-               train_split="train"):
-    if not data_dir:
-      raise ValueError("source='folder' needs data_cfg.data_dir (the folder "
-                       "holding train/ and validation/ class sub-folders)")
-    self.root = pathlib.Path(data_dir)
-    split_dir = self.root / split
-    if not split_dir.is_dir():
-      have = sorted(d.name for d in self.root.iterdir() if d.is_dir()) \
-          if self.root.is_dir() else None
-      raise FileNotFoundError(
-          f"split folder {split_dir} does not exist"
-          + (f" (data_dir has {have})" if have is not None
-             else f" (no data_dir {self.root})")
-          + "; expected DATA_DIR/<split>/<class>/<image files>")
-    self.class_index = load_or_create_class_index(
-        self.root, class_index_path, train_split)
-    self.class_names = sorted(self.class_index, key=self.class_index.get)
-    self.num_classes = len(self.class_index)
-    files, labels = [], []
-    for cls_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
-      if cls_dir.name not in self.class_index:
-        raise ValueError(
-            f"class folder {cls_dir} is not in the class index (classes "
-            f"{self.class_names[:5]}...); the index is fixed once written: "
-            "delete it only if you mean to relabel everything")
-      for f in sorted(cls_dir.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-          files.append(f"{split}/{cls_dir.name}/{f.name}")
-          labels.append(self.class_index[cls_dir.name])
-    if not files:
-      raise FileNotFoundError(f"no image files under {split_dir}/<class>/")
-    self.files = files
-    self.labels = np.asarray(labels, np.int32)
-
-  def __len__(self):
-    return len(self.files)
-
-  def read(self, i):
-    """(the file's bytes, label, name); DecodeError if it cannot be read."""
-    name = self.files[int(i)]
-    try:
-      data = (self.root / name).read_bytes()
-    except OSError as e:
-      raise preprocess.DecodeError(f"{name}: {e}") from e
-    return data, int(self.labels[int(i)]), name
-
-  def get(self, i, min_side=None):
-    data, label, name = self.read(i)
-    try:
-      img = preprocess.decode_image(data, min_side=min_side)
-    except preprocess.DecodeError as e:
-      raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, label, name
-
-  def label_and_name(self, i):
-    return int(self.labels[int(i)]), self.files[int(i)]
-
-
-def _image_source(data_cfg, split):
-  if data_cfg.source == "tfds":
-    return TfdsImageSource(data_cfg.name, split, data_cfg.data_dir)
-  return FolderImageSource(data_cfg.data_dir, split, data_cfg.class_index_path,
-                           data_cfg.train_split)
+def image_source(data_cfg, split):
+  """The random-access image source of a split (tfds, folder, ...)."""
+  return get_source(data_cfg.source).image_source(data_cfg, split)
 
 
 class _TrainExample:
@@ -1051,7 +696,7 @@ class _TrainBatch:
 
 def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
                  process_count):
-  source = _image_source(data_cfg, data_cfg.train_split)
+  source = image_source(data_cfg, data_cfg.train_split)
   if data_cfg.image_channels != 3:
     raise ValueError("image sources are RGB: set data_cfg.image_channels=3")
   if len(source) < process_count:
@@ -1067,12 +712,136 @@ def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
 
 def dataset_info(data_cfg) -> DatasetInfo:
   """Class count, split sizes, class names and channels of ``data_cfg``."""
-  if data_cfg.source == "fashion_mnist":
-    n_train = len(_fashion_mnist_split(data_cfg, data_cfg.train_split)[1])
-    n_eval = len(_fashion_mnist_split(data_cfg, data_cfg.eval_split)[1])
+  return get_source(data_cfg.source).info(data_cfg)
+
+
+# ----------------------------------------------------------------------------
+# The source registry: ``data.source`` names one of these.  A new source is
+# one class with ``@register_source("name")`` (e.g. Appendix B's VOC or
+# Caltech, Appendix A's ILSVRC boxes): its defaults, its info, its training
+# dataset and its evaluation source; nothing else changes.
+
+_SOURCES: dict[str, "DataSource"] = {}
+
+
+def register_source(name: str):
+  """Class decorator: ``data.source = name`` selects an instance of it."""
+  def deco(cls):
+    if name in _SOURCES:
+      raise ValueError(f"data source {name!r} is registered twice")
+    _SOURCES[name] = cls()
+    _SOURCES[name].name = name
+    return cls
+  return deco
+
+
+def get_source(name: str) -> "DataSource":
+  if name not in _SOURCES:
+    raise ValueError(f"unknown data source {name!r}; expected one of "
+                     f"{', '.join(repr(n) for n in source_names())}")
+  return _SOURCES[name]
+
+
+def source_names() -> tuple[str, ...]:
+  """The data sources a config's ``data.source`` may name."""
+  return tuple(_SOURCES)
+
+
+class DataSource:
+  """One kind of data behind ``data.source``.
+
+  ``configure(c)``: source-specific defaults of ``default_data_config``.
+  ``info(data_cfg) -> DatasetInfo``.
+  ``train_dataset(data_cfg, *, local_batch, seed, convention,
+  process_index, process_count) -> grain.IterDataset`` of finished batches
+  {"image": normalised float32, "label"} for this process.
+  ``eval_source(data_cfg, split, scale)``: a random-access source
+  (``len``, ``get(i, min_side)`` -> (uint8 image, label, name),
+  ``label_and_name(i)``, ``prescaled``; optionally ``read(i)``) that the
+  evaluation pipeline pads, shards and views (see ``TfdsImageSource``).
+  """
+
+  name = ""
+
+  def configure(self, c) -> None:
+    del c
+
+  def info(self, data_cfg) -> DatasetInfo:
+    raise NotImplementedError
+
+  def train_dataset(self, data_cfg, **kw):
+    raise NotImplementedError
+
+  def eval_source(self, data_cfg, split: str, scale: int):
+    raise NotImplementedError
+
+
+class _EncodedImages(DataSource):
+  """Sources of encoded RGB images (decoded, rescaled and cropped here)."""
+
+  def image_source(self, data_cfg, split):
+    raise NotImplementedError
+
+  def info(self, data_cfg) -> DatasetInfo:
+    train = self.image_source(data_cfg, data_cfg.train_split)
+    ev = self.image_source(data_cfg, data_cfg.eval_split)
+    return DatasetInfo(train.num_classes, len(train), len(ev),
+                       train.class_names, 3)
+
+  def train_dataset(self, data_cfg, **kw):
+    return _image_train(data_cfg, **kw)
+
+  def eval_source(self, data_cfg, split, scale):
+    del scale
+    return self.image_source(data_cfg, split)
+
+
+@register_source("tfds")
+class _Tfds(_EncodedImages):
+  """A TFDS dataset prepared as ArrayRecord (``python -m vgg_jax.data
+  prepare``), default imagenet2012."""
+
+  def configure(self, c):
+    c.name = "imagenet2012"
+
+  def image_source(self, data_cfg, split):
+    return TfdsImageSource(data_cfg.name, split, data_cfg.data_dir)
+
+
+@register_source("folder")
+class _Folder(_EncodedImages):
+  """DATA_DIR/<split>/<class>/<images> with a class index."""
+
+  def image_source(self, data_cfg, split):
+    return FolderImageSource(data_cfg.data_dir, split,
+                             data_cfg.class_index_path, data_cfg.train_split)
+
+
+@register_source("fashion_mnist")
+class _FashionMnist(DataSource):
+  """Fashion-MNIST from Debian's IDX files (or TFDS), whole in memory."""
+
+  def configure(self, c):
+    c.name = "fashion_mnist"
+    c.eval_split = "test"
+    c.crop_size = 32  # network input side
+    c.train_scale = 32  # S: 28x28 is rescaled to 32x32
+    c.eval_scale = 32  # Q
+    c.train_pad = 4  # zero border added before the random crop (translation)
+    c.pca_std = 0.0  # colour shift needs colour
+    c.mean_rgb = (FASHION_MNIST_MEAN,)
+    c.std_rgb = (FASHION_MNIST_STD,)
+    # 1: keep grey (model in_channels=1); 3: replicate to RGB.
+    c.image_channels = 1
+
+  def info(self, data_cfg) -> DatasetInfo:
+    n_train = len(fashion_mnist_split(data_cfg, data_cfg.train_split)[1])
+    n_eval = len(fashion_mnist_split(data_cfg, data_cfg.eval_split)[1])
     return DatasetInfo(10, n_train, n_eval, list(FASHION_MNIST_CLASSES),
                        int(data_cfg.image_channels))
-  train = _image_source(data_cfg, data_cfg.train_split)
-  ev = _image_source(data_cfg, data_cfg.eval_split)
-  return DatasetInfo(train.num_classes, len(train), len(ev), train.class_names,
-                     3)
+
+  def train_dataset(self, data_cfg, **kw):
+    return _fashion_mnist_train(data_cfg, **kw)
+
+  def eval_source(self, data_cfg, split, scale):
+    return readers.FashionMnistEvalSource(data_cfg, split, scale)

@@ -17,8 +17,6 @@ Flags only; the work is ``vgg_jax.train.train_and_evaluate(config, workdir)``.
 from __future__ import annotations
 
 import os
-import pathlib
-import sys
 
 from vgg_jax import host_malloc
 
@@ -29,12 +27,6 @@ host_malloc.reuse_freed_memory()
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
-
-# Config files import `experiments.common`: make the repository root
-# importable wherever the command is run from.
-_REPO_ROOT = pathlib.Path(__file__).absolute().parents[1]
-if str(_REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(_REPO_ROOT))
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py[:stage]).",

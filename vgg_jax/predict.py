@@ -21,7 +21,10 @@ import sys
 
 import numpy as np
 
-from vgg_jax import evaluate, preprocess
+from vgg_jax import files, model_dir, preprocess
+from vgg_jax.eval import dense as dense_lib
+from vgg_jax.eval import protocols
+from vgg_jax.models.geometry import map_stride
 
 
 def class_names_of(metadata: dict, num_classes: int) -> list[str]:
@@ -46,38 +49,31 @@ def read_image(path: str | pathlib.Path, scale: int, channels: int = 3
   return img
 
 
-def predict(loaded: evaluate.LoadedModel, images: list[np.ndarray], *,
+def predict(loaded: model_dir.LoadedModel, images: list[np.ndarray], *,
             top: int = 5) -> list[dict]:
   """Dense posteriors of rescaled uint8 images -> top classes per image."""
-  runner = evaluate._Runner(loaded.model, loaded.convention)
+  engine = dense_lib.DenseEngine(loaded.model, loaded.convention)
   names = class_names_of(loaded.metadata, loaded.model.num_classes)
   out = []
   for img in images:
     if img.ndim == 2:
       img = img[..., None]
-    post = runner.dense(img[None], np.asarray([img.shape[:2]], np.int32), 1)[0]
+    post = engine.images(img[None], np.asarray([img.shape[:2]], np.int32),
+                         1)[0]
     order = np.argsort(-post)[:top]
     out.append({"posteriors": post,
                 "top": [(int(i), names[i], float(post[i])) for i in order]})
   return out
 
 
-def score_heatmap(loaded: evaluate.LoadedModel, img: np.ndarray,
+def score_heatmap(loaded: model_dir.LoadedModel, img: np.ndarray,
                   class_index: int) -> np.ndarray:
   """(h, w) soft-max probability of class_index at every score-map position."""
   import jax
   import jax.numpy as jnp
-  x = evaluate.normalise_on_device(loaded.convention, jnp.asarray(img[None]))
+  x = dense_lib.normalise_on_device(loaded.convention, jnp.asarray(img[None]))
   scores = loaded.model.score_map(x)
   return np.asarray(jax.nn.softmax(scores, axis=-1)[0, ..., class_index])
-
-
-def map_stride(spec) -> int:
-  """Input pixels between neighbouring score-map positions (32 for VGG)."""
-  stride = 1
-  for c in spec.convs:
-    stride *= c.stride * (spec.pool_stride if c.pool_after else 1)
-  return stride
 
 
 def overlay(img: np.ndarray, heat: np.ndarray, *, stride: int = 32,
@@ -112,7 +108,7 @@ def write_png(path: str | pathlib.Path, rgb: np.ndarray) -> None:
   ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
   if not ok:
     raise ValueError(f"could not encode {path}")
-  evaluate._atomic_write(path, lambda f: f.write(buf.tobytes()))
+  files.atomic_write(path, lambda f: f.write(buf.tobytes()))
 
 
 def main(argv=None) -> list[dict]:
@@ -128,13 +124,13 @@ def main(argv=None) -> list[dict]:
                  help="PNG path: the top class's score map over the image "
                  "(with several images: NAME_<i>.png)")
   args = p.parse_args(argv)
-  loaded = evaluate.load_model(args.model)
+  loaded = model_dir.load_model(args.model)
   scale = args.scale
   if scale is None:
     s = loaded.train_scale
     scale = (s if isinstance(s, int) else
-             evaluate.paper_scales(s, single=True)[0] if s else 256)
-  evaluate.check_scales([scale], loaded.crop_size, args.model)
+             protocols.paper_scales(s, single=True)[0] if s else 256)
+  protocols.check_scales([scale], loaded.crop_size, args.model)
   results = []
   for i, path in enumerate(args.images):
     img = read_image(path, scale, loaded.model.in_channels)

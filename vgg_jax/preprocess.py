@@ -355,13 +355,34 @@ def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
   return np.stack([img[t:t + size, l:l + size] for t in tops for l in lefts])
 
 
+def protocol_views(img: np.ndarray, protocol: str, crop: int, grid: int = 5,
+                   *, flips: bool) -> np.ndarray:
+  """The crops a test protocol takes of a rescaled image (paper §3.2).
+
+  "centre": the central ``crop`` x ``crop`` crop, (1, crop, crop, C).
+  "multicrop": the ``grid`` x ``grid`` crops, (grid^2, crop, crop, C), and
+  with ``flips`` their mirror images after them (2 grid^2 crops).
+  "dense": the whole image.  The one place the views are cut (the input
+  pipeline's batched views and the dense engine's batchers both call it).
+  """
+  if protocol == "centre":
+    return center_crop(img, crop)[None]
+  if protocol == "multicrop":
+    crops = grid_crops(img, crop, grid)
+    return np.concatenate([crops, horizontal_flip(crops)]) if flips else crops
+  if protocol == "dense":
+    return img
+  raise ValueError(f"unknown protocol view {protocol!r}; expected 'centre', "
+                   "'multicrop' or 'dense'")
+
+
 def pca_shift_vector(rng: np.random.Generator, eigval, eigvec,
                      std: float = 0.1) -> np.ndarray:
   """The per-image RGB offset of Krizhevsky's PCA lighting, in 0-255 units.
 
   shift = 255 * eigvec @ (alpha * eigval), alpha ~ N(0, std) (3 draws).
   ``eigval``/``eigvec`` are those of the RGB covariance on the 0-1 scale
-  (SPEC section 8; columns of ``eigvec`` are the eigenvectors), the form in
+  (paper §3.1's colour shift, after Krizhevsky et al.; columns of ``eigvec`` are the eigenvectors), the form in
   which they are published and in which ``python -m vgg_jax.data stats``
   writes them.  Re-implementations (fb.resnet.torch, timm) add
   eigvec @ (alpha * eigval) to images in [0, 1]; in 0-255 space the same

@@ -122,3 +122,200 @@ def param_shardings(tree: Any, mesh: Mesh,
     return NamedSharding(mesh, spec)
 
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: batches of any pytree, padded to the devices, gathered back.
+#
+# Every placement of data on devices happens in this module: the training
+# step (``shard_batch``), the classifier evaluator (``put_batch`` on a global
+# mesh) and the dense engine (``LocalPlacement``: each process runs its own
+# examples on its own devices, results are gathered at the end with
+# ``allgather_rows``, so processes may run different numbers of batches).
+
+
+def auto_axes(mesh: Mesh) -> Mesh:
+  """The same devices and axes with Auto axis types.
+
+  ``jax.make_mesh`` defaults to Explicit axes, under which the model's
+  reshape-based pooling of a batch-sharded array has no sharding rule;
+  evaluation only splits the batch, so the compiler may place the rest.
+  """
+  auto = jax.sharding.AxisType.Auto
+  if all(t == auto for t in mesh.axis_types):
+    return mesh
+  return Mesh(mesh.devices, mesh.axis_names,
+              axis_types=(auto,) * len(mesh.axis_names))
+
+
+def default_mesh() -> Mesh:
+  """A 1-D 'data' mesh over every device of every host (Auto axes)."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def data_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes a batch is split over: 'data' if the mesh has one."""
+  if DATA_AXIS in mesh.axis_names:
+    return (DATA_AXIS,)
+  return tuple(mesh.axis_names)
+
+
+def num_batch_shards(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in data_axes(mesh)]))
+
+
+def local_multiple(mesh: Mesh | None) -> int:
+  """Process-local batches are padded to a multiple of this."""
+  if mesh is None:
+    return 1
+  return max(1, num_batch_shards(mesh) // jax.process_count())
+
+
+def round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+  """``x`` with zero rows appended up to ``n`` rows."""
+  x = np.asarray(x)
+  if len(x) >= n:
+    return x
+  return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+
+
+def pad_batch(batch: Mapping[str, np.ndarray], multiple: int,
+              length_key: str = "label") -> dict[str, np.ndarray]:
+  """Pads a batch's leading axis to a multiple; padding gets mask 0."""
+  batch = dict(batch)
+  n = len(batch[length_key])
+  if "mask" not in batch:
+    batch["mask"] = np.ones((n,), np.int32)
+  target = round_up(n, multiple)
+  return {k: pad_rows(v, target) for k, v in batch.items()}
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh | None
+              ) -> dict[str, jax.Array]:
+  """Host batch -> device arrays; with a mesh, one global array per key.
+
+  Each process passes its own local slice;
+  ``jax.make_array_from_process_local_data`` stitches the slices of all
+  processes into one array split over the mesh's data axes.
+  """
+  if mesh is None:
+    return {k: jax.numpy.asarray(v) for k, v in batch.items()}
+  axes = data_axes(mesh)
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    spec = P(axes, *([None] * (value.ndim - 1)))
+    out[key] = jax.make_array_from_process_local_data(
+        NamedSharding(mesh, spec), value)
+  return out
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+class LocalPlacement:
+  """This process's devices (of ``mesh``, default all local ones) as a
+  1-D 'data' mesh: batches split over them, parameters replicated.
+
+  Used where processes run independent work (the dense engine): no
+  collective runs during compute, so a process may have more batches than
+  another; results travel with ``allgather_rows`` at the end.
+  """
+
+  def __init__(self, mesh: Mesh | None = None):
+    devices = jax.local_devices()
+    if mesh is not None:
+      devices = [d for d in mesh.devices.flat
+                 if d.process_index == jax.process_index()]
+    self.multiple = len(devices)
+    self.batch_sharding = None
+    self.replicated = None
+    if len(devices) > 1:
+      local = Mesh(np.asarray(devices), (DATA_AXIS,))
+      self.batch_sharding = NamedSharding(local, P(DATA_AXIS))
+      self.replicated = NamedSharding(local, P())
+
+  def replicate(self, tree: Any) -> Any:
+    if self.replicated is None:
+      return tree
+    return jax.device_put(tree, self.replicated)
+
+  def put(self, x: np.ndarray) -> jax.Array:
+    if self.batch_sharding is None:
+      return jax.numpy.asarray(x)
+    return jax.device_put(x, self.batch_sharding)
+
+  def padded_size(self, m: int, batch: int) -> int:
+    """The compiled batch size for ``m`` rows.
+
+    A full batch stays; a partial one (a bucket's last) is padded to the
+    next power of two (at most ``batch``), so padding wastes little compute
+    and each shape compiles at most log2(batch) + 1 programs.  Sizes are
+    multiples of the local devices.
+    """
+    n = batch if m >= batch else min(batch, 1 << max(0, (m - 1).bit_length()))
+    return round_up(max(n, m), self.multiple)
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x))
+
+
+def allgather_rows(arrays: Mapping[str, np.ndarray], fills: Mapping[str, Any]
+                   ) -> dict[str, np.ndarray]:
+  """Every process's rows of each array, concatenated in process order.
+
+  Processes may hold different numbers of rows: each pads to the largest
+  count, and the padding is dropped after the gather.  Single process: the
+  arrays themselves.
+  """
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  if jax.process_count() == 1:
+    return arrays
+  m = len(next(iter(arrays.values())))
+  size = int(np.max(_allgather(np.int64(m))))
+
+  def gather(x, fill):
+    pad = np.full((size - len(x),) + x.shape[1:], fill, x.dtype)
+    g = _allgather(np.concatenate([x, pad]))
+    return g.reshape((-1,) + x.shape[1:])
+
+  valid = gather(np.ones((m,), np.int32), 0) == 1
+  return {k: gather(v, fills[k])[valid] for k, v in arrays.items()}
+
+
+def allgather_strings(strings: list[str]) -> list[str]:
+  """Every process's strings, concatenated in process order."""
+  if jax.process_count() == 1:
+    return list(strings)
+  m = len(strings)
+  width = int(np.max(_allgather(np.int64(
+      max([len(s.encode()) for s in strings] + [1])))))
+  enc = np.zeros((m, width), np.uint8)
+  for i, s in enumerate(strings):
+    b = s.encode()
+    enc[i, :len(b)] = np.frombuffer(b, np.uint8)
+  rows = allgather_rows({"s": enc}, {"s": 0})["s"]
+  return [bytes(r).rstrip(b"\0").decode() for r in rows]
+
+
+def allgather_json(obj: Any) -> list[Any]:
+  """Every process's JSON-able ``obj``, in process order."""
+  if jax.process_count() == 1:
+    return [obj]
+  import json  # pylint: disable=g-import-not-at-top
+  text = json.dumps(obj).encode()
+  width = int(np.max(_allgather(np.int64(len(text)))))
+  buf = np.zeros((width,), np.uint8)
+  buf[:len(text)] = np.frombuffer(text, np.uint8)
+  return [json.loads(bytes(row).rstrip(b"\0").decode() or "null")
+          for row in _allgather(buf).reshape(-1, width)]

@@ -40,9 +40,14 @@ import optax
 from flax import nnx
 
 from vgg_jax import checkpointing
+from vgg_jax.eval import evaluators as evaluators_lib
+from vgg_jax import model_dir
 from vgg_jax import input_pipeline
 from vgg_jax import optim
+from vgg_jax import progress as progress_lib
 from vgg_jax import sharding as sharding_lib
+from vgg_jax import tasks as tasks_lib
+from vgg_jax import models as models_lib
 from vgg_jax.models import create_model, init_from_a
 
 log = logging.getLogger("vgg_jax.train")
@@ -58,6 +63,9 @@ SAFE_TO_CHANGE = (
     "eval_batch_size", "data.num_workers", "data.num_threads",
     "data.prefetch_buffer_size", "data.data_dir", "init_from", "init_from_a",
 )
+# Fields added to the configs after some workdirs were written: absent from
+# a stored config and at this value, they are the behaviour of that run.
+ADDED_FIELDS = {"evals.val.type": "classification"}
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
@@ -129,7 +137,9 @@ def check_workdir_config(config, workdir: pathlib.Path, *,
     a, b = _flatten_config(old), _flatten_config(new)
     diffs = sorted(k for k in set(a) | set(b)
                    if a.get(k, "<absent>") != b.get(k, "<absent>")
-                   and k not in SAFE_TO_CHANGE)
+                   and k not in SAFE_TO_CHANGE
+                   and not (k not in a and k in ADDED_FIELDS
+                            and b.get(k) == ADDED_FIELDS[k]))
     if diffs:
       lines = "\n".join(f"  {k}: workdir has {a.get(k, '<absent>')!r}, "
                         f"this run has {b.get(k, '<absent>')!r}"
@@ -145,13 +155,10 @@ def check_workdir_config(config, workdir: pathlib.Path, *,
 
 
 def model_kwargs(config, info) -> dict:
-  m = config.model
-  kw = dict(name=m.name, num_classes=info.num_classes,
-            width_mult=m.width_mult, fc_width=m.fc_width,
-            in_channels=info.image_channels)
-  if m.head_window is not None:
-    kw["head_window"] = m.head_window
-  return kw
+  """The net's architecture arguments (models.model_kwargs_from_config)."""
+  return models_lib.model_kwargs_from_config(
+      config.model, num_classes=info.num_classes,
+      in_channels=info.image_channels)
 
 
 def compute_dtype(config):
@@ -173,16 +180,23 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation):
   return graphdef, state
 
 
-def init_metrics() -> dict:
-  return {"loss_sum": jnp.zeros((), jnp.float32),
-          "top1_hits": jnp.zeros((), jnp.float32),
-          "examples": jnp.zeros((), jnp.float32),
+def init_metrics(task: tasks_lib.Task | None = None) -> dict:
+  """The task's device-side sums plus the loop's own bookkeeping."""
+  task = task or tasks_lib.Classification()
+  return {**task.init_metrics(),
           "steps": jnp.zeros((), jnp.int32),
           "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
-def train_step_fn(graphdef, tx: optax.GradientTransformation, *, seed: int):
-  """The pure step: (state, metrics, batch) -> (state, metrics)."""
+def train_step_fn(graphdef, tx: optax.GradientTransformation, *, seed: int,
+                  task: tasks_lib.Task | None = None):
+  """The pure step: (state, metrics, batch) -> (state, metrics).
+
+  Loss and metrics come from ``task`` (vgg_jax/tasks.py; default
+  classification); the rest (dropout keys, BatchNorm statistics, the
+  optimiser, the non-finite check) is the same for every task.
+  """
+  task = task or tasks_lib.Classification()
 
   def step_fn(state, metrics, batch):
     step = state["step"]
@@ -192,42 +206,37 @@ def train_step_fn(graphdef, tx: optax.GradientTransformation, *, seed: int):
       # Fresh Variables at this trace level, so BatchNorm may update them.
       rest = jax.tree_util.tree_map(lambda x: x, state["rest"])
       model = nnx.merge(graphdef, params, rest)
-      logits = model(batch["image"], train=True,
-                     rngs=nnx.Rngs(dropout=dropout_key))
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, batch["label"]).mean()
+      loss, outputs = task.loss(model, batch,
+                                rngs=nnx.Rngs(dropout=dropout_key))
       _, _, new_rest = nnx.split(model, nnx.Param, ...)
-      return loss, (logits, new_rest)
+      return loss, (outputs, new_rest)
 
-    (loss, (logits, new_rest)), grads = jax.value_and_grad(
+    (loss, (outputs, new_rest)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": step + 1, "params": params, "rest": new_rest,
                  "opt_state": opt_state}
-    n = jnp.float32(logits.shape[0])
-    hits = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(
-        jnp.float32)
     bad = metrics["first_nonfinite_step"]
-    new_metrics = {
-        "loss_sum": metrics["loss_sum"] + loss * n,
-        "top1_hits": metrics["top1_hits"] + hits,
-        "examples": metrics["examples"] + n,
-        "steps": metrics["steps"] + 1,
-        "first_nonfinite_step": jnp.where(
-            (bad < 0) & ~jnp.isfinite(loss), step + 1, bad),
-    }
+    new_metrics = task.update_metrics(
+        {k: v for k, v in metrics.items()
+         if k not in ("steps", "first_nonfinite_step")}, loss, outputs, batch)
+    new_metrics.update(
+        steps=metrics["steps"] + 1,
+        first_nonfinite_step=jnp.where(
+            (bad < 0) & ~jnp.isfinite(loss), step + 1, bad))
     return new_state, new_metrics
 
   return step_fn
 
 
-def make_train_step(graphdef, tx, *, seed: int, mesh, state_shardings):
+def make_train_step(graphdef, tx, *, seed: int, mesh, state_shardings,
+                    task: tasks_lib.Task | None = None):
   """The jitted step over ``mesh``; state and metrics are donated."""
   rep = sharding_lib.replicated(mesh)
-  metric_sh = jax.tree_util.tree_map(lambda _: rep, init_metrics())
+  metric_sh = jax.tree_util.tree_map(lambda _: rep, init_metrics(task))
   batch_sh = sharding_lib.batch_sharding(mesh)
-  return jax.jit(train_step_fn(graphdef, tx, seed=seed),
+  return jax.jit(train_step_fn(graphdef, tx, seed=seed, task=task),
                  in_shardings=(state_shardings, metric_sh, batch_sh),
                  out_shardings=(state_shardings, metric_sh),
                  donate_argnums=(0, 1))
@@ -249,23 +258,6 @@ def make_optimizer(config, *, total_steps: int, steps_per_epoch: int,
 
 # ----------------------------------------------------------------------------
 # Initialisation from elsewhere (§3.1).
-
-
-def _load_model_anywhere(path: str):
-  """A trained model from a pretrained dir or a training workdir."""
-  from vgg_jax import weights  # pylint: disable=g-import-not-at-top
-  p = pathlib.Path(path)
-  if (p / "metadata.json").is_file():
-    return weights.load_pretrained(p)
-  if (p / checkpointing.CHECKPOINT_DIR).is_dir():
-    ckpt = checkpointing.Checkpointer(p, read_only=True)
-    best = ckpt.best_step() is not None
-    ckpt.close()
-    return checkpointing.load_model_from_workdir(p, best=best)
-  raise FileNotFoundError(
-      f"init_from {path!r} is neither a pretrained directory (with "
-      "metadata.json, from vgg_jax.weights) nor a training workdir (with "
-      f"{checkpointing.CHECKPOINT_DIR}/); did the previous stage run?")
 
 
 def copy_matching_layers(dst: nnx.Module, src: nnx.Module) -> list[str]:
@@ -375,13 +367,6 @@ class PreemptionFlag:
     return self.requested
 
 
-def _fmt_time(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 # ----------------------------------------------------------------------------
 # The loop.
 
@@ -410,6 +395,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   local_batch = sharding_lib.check_batch_size(config.batch_size, mesh)
   sharding_lib.check_batch_size(config.eval_batch_size, mesh)
   info = input_pipeline.dataset_info(config.data)
+  task = tasks_lib.get_task(config)
+  evaluators = evaluators_lib.evaluators_from_config(config)
+  # The evaluator whose top-1 drives the plateau rule and the best
+  # checkpoint: "val" (the default entry), else the first.
+  primary = next((e for e in evaluators if e.name == "val"), evaluators[0])
   steps_per_epoch = info.num_train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the "
@@ -439,9 +429,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
            local_batch, steps_per_epoch, total_steps)
 
   # --- Model, optimiser, state. ---
-  model = create_model(**kwargs, init=config.model.init, dtype=dtype,
-                       dropout_rate=config.model.dropout_rate,
-                       conv_impl=config.model.conv_impl,
+  model = create_model(**kwargs,
+                       **models_lib.model_runtime_kwargs(config.model,
+                                                         dtype=dtype),
                        rngs=nnx.Rngs(config.seed))
   tx = make_optimizer(config, total_steps=total_steps,
                       steps_per_epoch=steps_per_epoch,
@@ -462,12 +452,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if config.init_from and config.init_from_a:
       raise ValueError("set init_from or init_from_a, not both")
     if config.init_from:
-      src, src_meta = _load_model_anywhere(config.init_from)
+      src, src_meta = model_dir.load_weights(config.init_from, best=None)
       copied = copy_matching_layers(model, src)
       log.info("initialised from %s (%s): %d tensors copied",
                config.init_from, src_meta.get("source", ""), len(copied))
     elif config.init_from_a:
-      src, _ = _load_model_anywhere(config.init_from_a)
+      src, _ = model_dir.load_weights(config.init_from_a, best=None)
       copied = init_from_a(model, src)
       log.info("initialised from trained net A at %s (the paper's surgery):"
                " copied %s; other layers random", config.init_from_a,
@@ -496,8 +486,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state["opt_state"] = optim.set_learning_rate(state["opt_state"],
                                                  controller.learning_rate)
   train_step = make_train_step(graphdef, tx, seed=config.seed, mesh=mesh,
-                               state_shardings=shardings)
-  metrics = jax.device_put(init_metrics(), sharding_lib.replicated(mesh))
+                               state_shardings=shardings, task=task)
+  metrics = jax.device_put(init_metrics(task), sharding_lib.replicated(mesh))
 
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
@@ -516,23 +506,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   last_good_step = latest
 
   def evaluate(step):
-    from vgg_jax.evaluate import evaluate_classifier  # pylint: disable=g-import-not-at-top
     t0 = time.time()
     model = nnx.merge(graphdef, state["params"], state["rest"])
-    batches = input_pipeline.create_eval_iterator(
-        config.data, global_batch_size=config.eval_batch_size,
-        input_convention=convention)
-    res = evaluate_classifier(model, batches, mesh=mesh)
-    values = {"val_top1_error": res["top1_error"],
-              "val_top5_error": res["top5_error"],
-              "val_top1": 1.0 - res["top1_error"],
-              "val_examples": res["num_examples"]}
+    values = {}
+    for evaluator in evaluators:
+      values.update(evaluator.evaluate(model, convention=convention,
+                                       mesh=mesh))
     writer.write_scalars(step, {k: v for k, v in values.items()})
     jsonl.write(step, "eval", values)
-    log.info("eval at step %d (epoch %.2f): top-1 error %.4f, top-5 error "
-             "%.4f over %d examples (%.1fs)", step, step / steps_per_epoch,
-             values["val_top1_error"], values["val_top5_error"],
-             values["val_examples"], time.time() - t0)
+    log.info("eval at step %d (epoch %.2f): %s (%.1fs)", step,
+             step / steps_per_epoch, evaluators_lib.summary_line(values),
+             time.time() - t0)
     return values
 
   def check_finite(m, step):
@@ -550,7 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ckpt.save(step, state=state, train_iter=train_iter,
               controller=controller.state_dict(), metadata=metadata,
               metrics=None if val is None else {
-                  checkpointing.BEST_METRIC: val["val_top1"]})
+                  checkpointing.BEST_METRIC: val[f"{primary.name}_top1"]})
     last_good_step = step
 
   t_log, step_log = time.time(), step
@@ -565,7 +549,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         t_input = time.perf_counter()
         batch = next(train_iter)
         batch = sharding_lib.shard_batch(
-            {"image": batch["image"], "label": batch["label"]}, mesh)
+            {k: batch[k] for k in task.batch_keys}, mesh)
         input_seconds += time.perf_counter() - t_input
         state, metrics = train_step(state, metrics, batch)
         step += 1
@@ -574,7 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
         if step % log_every == 0 or step == total_steps:
           m = jax.device_get(metrics)
-          metrics = jax.device_put(init_metrics(),
+          metrics = jax.device_put(init_metrics(task),
                                    sharding_lib.replicated(mesh))
           check_finite(m, step)
           dt = time.time() - t_log
@@ -583,27 +567,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           t_log, step_log = time.time(), step
           lr = float(jax.device_get(optim.learning_rate_of(
               state["opt_state"])))
-          values = {"train_loss": m["loss_sum"] / max(m["examples"], 1),
-                    "train_top1": m["top1_hits"] / max(m["examples"], 1),
+          values = {**task.summarise(m),
                     "lr": lr, "images_per_sec": img_s,
                     "input_wait_share": input_share,
                     "epoch": step / steps_per_epoch}
           writer.write_scalars(step, values)
           jsonl.write(step, "train", values)
           eta = (total_steps - step) * config.batch_size / max(img_s, 1e-9)
-          log.info("step %d/%d  epoch %.2f  loss %.4f  train top-1 %.3f  "
-                   "lr %.2e  %.0f img/s  input %.0f%%  ETA %s", step,
-                   total_steps, values["epoch"], values["train_loss"],
-                   values["train_top1"], lr, img_s, 100 * input_share,
-                   _fmt_time(eta))
+          task_text = "  ".join(
+              f"{k.replace('train_', 'train ').replace('top1', 'top-1')} "
+              f"{v:.4f}" for k, v in task.summarise(m).items())
+          log.info("step %d/%d  epoch %.2f  %s  lr %.2e  %.0f img/s  "
+                   "input %.0f%%  ETA %s", step, total_steps, values["epoch"],
+                   task_text.replace("train loss", "loss"), lr, img_s,
+                   100 * input_share, progress_lib.format_duration(eta))
 
         val = None
         if eval_every and (step % eval_every == 0 or step == total_steps):
           val = evaluate(step)
-          result.update(val_top1_error=val["val_top1_error"],
-                        val_top5_error=val["val_top5_error"])
+          result.update(val_top1_error=val[f"{primary.name}_top1_error"],
+                        val_top5_error=val[f"{primary.name}_top5_error"])
           if config.lr_schedule == "plateau":
-            action = controller.update(step, val["val_top1"])
+            action = controller.update(step, val[f"{primary.name}_top1"])
             if action == "drop":
               state["opt_state"] = optim.set_learning_rate(
                   state["opt_state"], controller.learning_rate)

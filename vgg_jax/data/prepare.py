@@ -9,6 +9,7 @@ import tarfile
 
 from vgg_jax import input_pipeline
 from vgg_jax import preprocess
+from vgg_jax import progress
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def prepare_tfds(name: str, *, data_dir: str | None,
       log.info("Fashion-MNIST is installed as IDX files in %s (Debian's "
                "dataset-fashion-mnist): nothing to prepare", idx)
       return {"train": 60000, "test": 10000}
-  tfds = input_pipeline._tfds_module()  # pylint: disable=protected-access
+  tfds = input_pipeline.tfds_module()
   if name.startswith("imagenet2012"):
     if not manual_dir:
       raise ValueError(
@@ -153,11 +154,14 @@ def prepare_folder(data_dir: str, *, class_index_path: str | None = None,
                                            class_index_path, train_split)
     splits[split_dir.name] = len(src)
     if check:
-      for i in range(len(src)):
-        try:
-          src.get(i)
-        except preprocess.DecodeError as e:
-          undecodable.append(str(e))
+      with progress.Progress(len(src), desc=f"checking {split_dir.name}",
+                             unit="images") as bar:
+        for i in range(len(src)):
+          try:
+            src.get(i)
+          except preprocess.DecodeError as e:
+            undecodable.append(str(e))
+          bar.update(1)
   return {"class_index": str(class_index_path or root / "class_index.json"),
           "num_classes": len(index), "splits": splits,
           "undecodable": undecodable}

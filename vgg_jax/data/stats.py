@@ -3,7 +3,7 @@
 The paper subtracts "the mean RGB value, computed on the training set"; the
 colour shift (Krizhevsky et al. 2012) needs the eigenvalues and
 eigenvectors of the 3x3 covariance of RGB pixel values over the training
-set.  Conventions, matching SPEC section 8 and ``data_cfg``:
+set.  Conventions, matching ``conventions.py`` and ``data_cfg``:
 mean in 0-255 units; eigenvalues of the covariance of values on the 0-1
 scale, sorted descending; eigenvectors as columns (sign arbitrary: alpha is
 symmetric; we make each column's largest component positive).
@@ -62,12 +62,11 @@ def compute_stats(data_cfg, *, split: str | None = None,
   """
   split = split or data_cfg.train_split
   if data_cfg.source == "fashion_mnist":
-    # pylint: disable=protected-access
-    images, _ = input_pipeline._fashion_mnist_split(data_cfg, split)
+    images, _ = input_pipeline.fashion_mnist_split(data_cfg, split)
     x = images.astype(np.float64)
     return {"mean": float(x.mean()), "std": float(x.std()),
             "num_images": int(len(images))}
-  source = input_pipeline._image_source(data_cfg, split)  # pylint: disable=protected-access
+  source = input_pipeline.image_source(data_cfg, split)
   indices = np.arange(len(source))
   if max_images is not None and max_images < len(source):
     indices = np.sort(np.random.default_rng(seed).choice(

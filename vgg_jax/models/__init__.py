@@ -5,6 +5,11 @@
     model = create_model("D", num_classes=1000, rngs=nnx.Rngs(0))
     logits = model(images)               # (N, 1000) on 224x224 inputs
     scores = model.score_map(images)     # (N, h, w, 1000) on any size >= 224
+    feats, hw = model.features(canvas, valid_hw=hw)  # batched canvases
+    fc2 = model.penultimate(images)      # (N, h, w, 4096): Appendix B
+
+Heads (FC3, a box head, the FC2 descriptor) are in models/heads.py; the
+geometry (output size, stride, window) in models/geometry.py.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from flax import nnx
 
 from vgg_jax.models.init import INIT_SCHEMES, init_from_a
 from vgg_jax.models.lrn import local_response_norm
+from vgg_jax.models.geometry import (map_size, map_stride, min_input_size,
+                                     output_size)
+from vgg_jax.models.heads import (ClassHead, DescriptorHead, LinearHead)
 from vgg_jax.models.table import (MODEL_NAMES, PAPER_NETS, NetSpec,
                                   canonical_name, count_macs, count_params,
-                                  net_spec, output_size)
+                                  net_spec)
 from vgg_jax.models.vgg import VGG
 
 __all__ = [
     "VGG", "create_model", "abstract_model", "MODEL_NAMES", "PAPER_NETS",
     "INIT_SCHEMES", "NetSpec", "net_spec", "canonical_name", "count_params",
     "count_macs", "output_size", "init_from_a", "local_response_norm",
-    "param_count",
+    "param_count", "map_size", "map_stride", "min_input_size", "ClassHead",
+    "DescriptorHead", "LinearHead", "model_kwargs_from_config", "model_runtime_kwargs",
 ]
 
 
@@ -65,6 +74,30 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
   return VGG(spec, num_classes=num_classes, in_channels=in_channels, init=init,
              dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
              conv_impl=conv_impl, rngs=rngs)
+
+
+def model_kwargs_from_config(model_cfg, *, num_classes: int,
+                             in_channels: int) -> dict[str, Any]:
+  """The architecture arguments of ``create_model`` from ``config.model``.
+
+  The dataset decides classes and channels.  Only the architecture is here
+  (what rebuilds the same parameter tree, stored in checkpoints' metadata);
+  init, dtype, dropout and conv_impl are run-time choices
+  (``model_runtime_kwargs``).
+  """
+  kw = dict(name=model_cfg.name, num_classes=num_classes,
+            width_mult=model_cfg.width_mult, fc_width=model_cfg.fc_width,
+            in_channels=in_channels)
+  if model_cfg.get("head_window") is not None:
+    kw["head_window"] = model_cfg.head_window
+  return kw
+
+
+def model_runtime_kwargs(model_cfg, *, dtype: Any = None) -> dict[str, Any]:
+  """The run-time ``create_model`` arguments of ``config.model``."""
+  return dict(init=model_cfg.init, dtype=dtype,
+              dropout_rate=model_cfg.dropout_rate,
+              conv_impl=model_cfg.conv_impl)
 
 
 def abstract_model(name: str, **kwargs) -> VGG:

@@ -1,4 +1,4 @@
-"""Initialisation schemes (paper §3.1, SPEC section 2) and the paper's surgery.
+"""Initialisation schemes (paper §3.1) and the paper's surgery.
 
 * ``paper``: weights N(0, 0.01^2), biases 0.  The paper says "variance 1e-2";
   Caffe's gaussian filler takes a standard deviation and every

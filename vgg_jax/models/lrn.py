@@ -5,7 +5,7 @@
 with k=2, n=5, alpha=1e-4, beta=0.75, the sum running over n adjacent
 channels at the same pixel.
 
-Convention (SPEC section 1, a choice we document): alpha multiplies the plain
+Convention (paper §2.1 cites Krizhevsky et al. 2012; a choice we document): alpha multiplies the plain
 sum, as in Krizhevsky's formula.  Caffe's LRN layer and PyTorch's
 ``LocalResponseNorm`` divide alpha by n; to load weights trained with those,
 pass ``alpha=1e-4 / 5``.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from vgg_jax.models import geometry
+
 LRN = "LRN"
 
 # Channel widths of the five stages: 64 -> 128 -> 256 -> 512 -> 512.
@@ -115,7 +117,7 @@ def net_spec(name: str, *, width_mult: float = 1.0, fc_width: int = 4096,
 
 
 def _alexnet_spec(width_mult, fc_width, head_window) -> NetSpec:
-  """Single-tower AlexNet (Krizhevsky et al. 2012, SPEC section 7).
+  """Single-tower AlexNet (Krizhevsky et al. 2012; the baseline of paper §1 and §4.5).
 
   conv1 takes a 224 input with 2 pixels of padding (55x55 out, as in the
   paper's figure and torchvision); pools are 3x3 stride 2 ("overlapping").
@@ -138,16 +140,6 @@ MODEL_NAMES = tuple(VGG_TABLE) + tuple(BN_VARIANTS) + ("alexnet",)
 PAPER_NETS = ("A", "A-LRN", "B", "C", "D", "E", "B-shallow")
 
 
-def output_size(spec: NetSpec, size: int) -> int:
-  """Spatial size of the conv body's output for a ``size`` input (floor)."""
-  for c in spec.convs:
-    if c.stride != 1 or c.padding != "SAME":
-      size = (size + 2 * c.padding - c.kernel) // c.stride + 1
-    if c.pool_after:
-      size = (size - spec.pool_window) // spec.pool_stride + 1
-  return size
-
-
 def count_params(spec: NetSpec, in_channels: int = 3,
                  num_classes: int = 1000) -> int:
   """Weights and biases, from the layer list (BN adds scale and bias)."""
@@ -168,14 +160,10 @@ def count_macs(spec: NetSpec, image_size: int = 224, in_channels: int = 3,
                num_classes: int = 1000) -> int:
   """Multiply-accumulates of one forward pass (convs and FC layers only)."""
   total, c_in, size = 0, in_channels, image_size
-  for c in spec.convs:
-    if c.stride != 1 or c.padding != "SAME":
-      size = (size + 2 * c.padding - c.kernel) // c.stride + 1
-    total += size * size * c.kernel * c.kernel * c_in * c.features
+  for c, conv_side, size in geometry.layer_sizes(spec, image_size):
+    total += conv_side * conv_side * c.kernel * c.kernel * c_in * c.features
     c_in = c.features
-    if c.pool_after:
-      size = (size - spec.pool_window) // spec.pool_stride + 1
-  out = size - spec.head_window + 1
+  out = geometry.map_size(spec, image_size)
   if out < 1:
     raise ValueError(
         f"a {image_size}px input is too small for {spec.name}: the conv body "

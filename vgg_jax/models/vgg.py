@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vgg_jax.models import conv as conv_lib
+from vgg_jax.models import geometry
+from vgg_jax.models import heads as heads_lib
 from vgg_jax.models import init as init_lib
 from vgg_jax.models.lrn import local_response_norm
 from vgg_jax.models.table import NetSpec
@@ -81,67 +83,125 @@ class VGG(nnx.Module):
           conv_general_dilated=conv_fn, rngs=rngs))
       if spec.batch_norm:
         # torchvision's BatchNorm2d: momentum 0.1 (0.9 here), eps 1e-5.
-        setattr(self, self._bn_name(c.name), nnx.BatchNorm(
+        setattr(self, self.bn_name(c.name), nnx.BatchNorm(
             c.features, momentum=0.9, epsilon=1e-5, dtype=dtype,
             param_dtype=param_dtype, rngs=rngs))
       c_in = c.features
     h, fc = spec.head_window, spec.fc_width
-    head = [("fc1", c_in, fc, h), ("fc2", fc, fc, 1),
-            ("fc3", fc, num_classes, 1)]
-    for name, fin, fout, k in head:
+    for name, fin, fout, k in (("fc1", c_in, fc, h), ("fc2", fc, fc, 1)):
       setattr(self, name, nnx.Conv(
           fin, fout, (k, k), padding="VALID", dtype=dtype,
           param_dtype=param_dtype,
           kernel_init=init_lib.kernel_init(init, head=True),
           bias_init=init_lib.bias_init(init, name),
           conv_general_dilated=conv_fn, rngs=rngs))
+    # The head (FC3) is a module of its own: Appendix A swaps it for a box
+    # head, Appendix B reads the FC2 map instead (models/heads.py).
+    self.fc3 = heads_lib.ClassHead(fc, num_classes, init=init, name="fc3",
+                                   dtype=dtype, param_dtype=param_dtype,
+                                   conv_general_dilated=conv_fn, rngs=rngs)
     self.dropout = nnx.Dropout(dropout_rate)
 
   @staticmethod
-  def _bn_name(conv_name: str) -> str:
+  def bn_name(conv_name: str) -> str:
+    """The BatchNorm layer after conv ``conv_name`` (``*-BN`` nets)."""
     return conv_name.replace("conv", "bn")
 
   @property
   def conv_names(self) -> tuple[str, ...]:
     return tuple(c.name for c in self.spec.convs)
 
-  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """The conv body: NHWC image -> NHWC feature map (side / 32 for VGG)."""
+  @property
+  def head(self) -> nnx.Module:
+    """The last layer (FC3 for classification; models/heads.py)."""
+    return self.fc3
+
+  def features(self, x: jax.Array, *, train: bool = False,
+               valid_hw: jax.Array | None = None):
+    """The conv body: NHWC image -> NHWC feature map (side / 32 for VGG).
+
+    ``valid_hw`` (N, 2) int: image n occupies only the top-left
+    ``valid_hw[n]`` corner of a shared canvas (dense evaluation of images of
+    different sizes in one batch, paper §3.2).  Then everything outside each
+    image's valid region is re-zeroed before every convolution (exactly the
+    zeros the convolution's own "SAME" padding sees on the image alone), the
+    valid size is tracked through every conv and pool (models/geometry.py),
+    and the result is ``(features, valid_hw_out)``: each valid position
+    equals the image evaluated alone at its exact size.  Without
+    ``valid_hw`` the result is the feature map alone.
+    """
     if x.ndim != 4 or x.shape[-1] != self.in_channels:
       raise ValueError(
           f"expected an NHWC batch with {self.in_channels} channels, got "
           f"shape {x.shape}")
     if self.dtype is not None:
       x = x.astype(self.dtype)
+    masked = valid_hw is not None
+    if masked:
+      h, w = valid_hw[:, 0], valid_hw[:, 1]
     for c in self.spec.convs:
+      if masked:
+        x = zero_outside(x, h, w)
       x = getattr(self, c.name)(x)
+      if masked:
+        h, w = geometry.conv_out(h, c), geometry.conv_out(w, c)
       if self.spec.batch_norm:
-        x = getattr(self, self._bn_name(c.name))(
+        x = getattr(self, self.bn_name(c.name))(
             x, use_running_average=not train)
       x = nnx.relu(x)
       if c.lrn_after:
         x = local_response_norm(x)
       if c.pool_after:
         x = max_pool(x, self.spec.pool_window, self.spec.pool_stride)
+        if masked:
+          h, w = geometry.pool_out(h, self.spec), geometry.pool_out(w, self.spec)
+    if masked:
+      return x, jnp.stack([h, w], axis=1)
     return x
 
   def penultimate(self, x: jax.Array, *, train: bool = False,
-                  rngs: nnx.Rngs | None = None) -> jax.Array:
-    """FC2's output after ReLU as a map (N, h, w, fc_width): Appendix B."""
-    f = self.features(x, train=train)
+                  rngs: nnx.Rngs | None = None,
+                  valid_hw: jax.Array | None = None):
+    """FC2's output after ReLU as a map (N, h, w, fc_width): Appendix B.
+
+    With ``valid_hw`` (see ``features``) returns ``(map, valid_hw_out)``:
+    FC1 is a VALID ``head_window`` conv, so valid outputs read only valid
+    features; FC2 is 1x1.
+    """
+    f = self.features(x, train=train, valid_hw=valid_hw)
+    if valid_hw is not None:
+      f, hw = f
     if f.shape[1] < self.spec.head_window or f.shape[2] < self.spec.head_window:
       raise ValueError(
           f"input {x.shape[1]}x{x.shape[2]} is too small for {self.spec.name}:"
           f" the conv body gives {f.shape[1]}x{f.shape[2]}, FC1 needs "
           f"{self.spec.head_window}x{self.spec.head_window}")
     f = self.dropout(nnx.relu(self.fc1(f)), deterministic=not train, rngs=rngs)
-    return self.dropout(nnx.relu(self.fc2(f)), deterministic=not train,
-                        rngs=rngs)
+    f = self.dropout(nnx.relu(self.fc2(f)), deterministic=not train,
+                     rngs=rngs)
+    if valid_hw is not None:
+      return f, hw - self.spec.head_window + 1
+    return f
+
+  def output_map(self, x: jax.Array, *, head: nnx.Module | None = None,
+                 train: bool = False, rngs: nnx.Rngs | None = None,
+                 valid_hw: jax.Array | None = None):
+    """``head`` (default: the model's own, FC3) on the FC2 map.
+
+    The seam for other heads (a box head, Appendix A; the descriptor,
+    Appendix B).  With ``valid_hw`` returns ``(map, valid_hw_out)``.
+    """
+    head = self.head if head is None else head
+    out = self.penultimate(x, train=train, rngs=rngs, valid_hw=valid_hw)
+    if valid_hw is not None:
+      return head(out[0]), out[1]
+    return head(out)
 
   def score_map(self, x: jax.Array, *, train: bool = False,
-                rngs: nnx.Rngs | None = None) -> jax.Array:
+                rngs: nnx.Rngs | None = None,
+                valid_hw: jax.Array | None = None):
     """Class score map (N, h, w, num_classes), h = floor(H/32) - 6 for VGG."""
-    return self.fc3(self.penultimate(x, train=train, rngs=rngs))
+    return self.output_map(x, train=train, rngs=rngs, valid_hw=valid_hw)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -153,3 +213,16 @@ class VGG(nnx.Module):
     """
     return self.score_map(x, train=train, rngs=rngs).mean(
         axis=(1, 2)).astype(jnp.float32)
+
+
+def zero_outside(x: jax.Array, h: jax.Array, w: jax.Array) -> jax.Array:
+  """Zeroes x[n, i, j] for i >= h[n] or j >= w[n]."""
+  keep = valid_positions(x.shape[1:3], h, w)
+  return jnp.where(keep[..., None], x, jnp.zeros((), x.dtype))
+
+
+def valid_positions(shape_hw, h: jax.Array, w: jax.Array) -> jax.Array:
+  """(N, H, W) bool: position (i, j) lies within image n's (h[n], w[n])."""
+  rows = jnp.arange(shape_hw[0])[None, :] < h[:, None]
+  cols = jnp.arange(shape_hw[1])[None, :] < w[:, None]
+  return rows[:, :, None] & cols[:, None, :]

@@ -1,5 +1,7 @@
 """The fields every experiment config has, with the paper's §3.1 defaults.
 
+Shared by the config files in ``experiments/`` (``from vgg_jax import
+configs``), so the command needs no ``sys.path`` edits to load them.
 Experiment files call ``base_config(...)``, change fields, and return
 ``lock(config)``: a locked ConfigDict rejects a new field, so a typo in a
 config file or on the command line (``--config.lerning_rate=...``) is an
@@ -112,6 +114,11 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
   # parallelism; see vgg_jax/sharding.py).
   c.mesh_model_axis = 1
   c.shard_fc_kernels = False
+
+  # Evaluators run at every evaluation (vgg_jax/eval/evaluators.py):
+  # name -> {type, options}; metrics are logged as "{name}_{metric}", and
+  # "val"'s top-1 drives the plateau rule and the best checkpoint.
+  c.evals = ml_collections.ConfigDict({"val": {"type": "classification"}})
   return c
 
 
