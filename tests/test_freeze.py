@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments import common
+from vgg_jax import configs as common
 from vgg_jax import optim, train
 from vgg_jax.models import create_model
 

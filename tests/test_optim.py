@@ -271,7 +271,7 @@ def test_controller_state_resumes_exactly_and_keeps_its_format():
 
 
 def test_controller_defaults_are_the_configs():
-  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vgg_jax import configs as common  # pylint: disable=g-import-not-at-top
   c, d = optim.PlateauController(), common.base_config().plateau
   assert (c.patience, c.min_delta, c.max_drops) == (
       d.patience, d.min_delta, d.max_drops)

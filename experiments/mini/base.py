@@ -33,7 +33,7 @@ of its 60,000 images), so the test split stays unseen until the tables.
 
 from __future__ import annotations
 
-from experiments import common
+from vgg_jax import configs as common
 
 # Where run.py puts things by default (override with --config.data.data_dir,
 # --config.init_from, --config.init_from_a).
