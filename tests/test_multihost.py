@@ -162,6 +162,7 @@ def main_runs(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_real_command_two_processes_equals_one_device(main_runs):
   import json  # pylint: disable=g-import-not-at-top
