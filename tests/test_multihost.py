@@ -24,7 +24,7 @@ import pytest
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 REPO = pathlib.Path(__file__).absolute().parents[1]
-TIMEOUT = 300
+TIMEOUT = 600  # generous: 4 JAX processes compiling at once on a busy 2-core VM
 # The smallest Fashion-MNIST run the config allows: net A at 1/16 width, FC
 # 32, 3 steps of batch 16 (4 per device on 4 devices), no evaluation, a
 # checkpoint at the end; no warm-up, so that each step moves the weights.
