@@ -16,6 +16,18 @@ for i in 0 1; do
     --coordinator_address "127.0.0.1:$PORT" --num_processes 2 --process_id $i "$@" &
   pids+=($!)
 done
+# SIGTERM/SIGINT to this script reach both processes (a preemption of the
+# whole job); a process that dies takes the other down within its
+# config.collective_timeout_s at worst (vgg_jax/watchdog.py).
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM INT
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
+for p in "${pids[@]}"; do
+  # wait returns early (>128) when a trapped signal arrives: wait again.
+  while true; do
+    rc=0; wait "$p" || rc=$?
+    if kill -0 "$p" 2>/dev/null; then continue; fi
+    break
+  done
+  if [ "$rc" -ne 0 ]; then status=$rc; fi
+done
 exit $status

@@ -5,10 +5,16 @@ collectives), 1 process x 4 devices and 1 process x 1 device run the same
 training steps on the same global batches (tests/multihost_worker.py) and
 must reach the same parameters, to float tolerance (the gradient all-reduce
 sums in a different order).
+
+The real command too: ``launch/local_multiprocess_cpu.sh`` running
+``python -m vgg_jax.main`` (input pipeline, checkpointing and all) on a
+width-reduced Fashion-MNIST config must end with the parameters of the same
+command run in one process on one device.
 """
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +23,23 @@ import numpy as np
 import pytest
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
-TIMEOUT = 300
+REPO = pathlib.Path(__file__).absolute().parents[1]
+TIMEOUT = 600  # generous: 4 JAX processes compiling at once on a busy 2-core VM
+# The smallest Fashion-MNIST run the config allows: net A at 1/16 width, FC
+# 32, 3 steps of batch 16 (4 per device on 4 devices), no evaluation, a
+# checkpoint at the end; no warm-up, so that each step moves the weights.
+# Each process reads its own shard of the training set (examples p, p + P,
+# ...), so a P-process global batch holds the same examples as the
+# one-process batch only in file order (no shuffling), and in another order
+# within the batch: per-position randomness (flips, dropout masks) would
+# differ, so both are off here.  (Dropout under sharding is covered by the
+# A-BN runs above.)
+TINY_RUN = ["--config.model.width_mult=0.0625", "--config.model.fc_width=32",
+            "--config.batch_size=16", "--config.eval_batch_size=16",
+            "--config.total_steps=3", "--config.warmup_steps=0",
+            "--config.eval_every_steps=0", "--config.log_every_steps=1",
+            "--config.data.shuffle=False", "--config.data.flip=False",
+            "--config.model.dropout_rate=0.0"]
 
 
 def _free_port() -> int:
@@ -45,7 +67,10 @@ def _wait(procs):
   finally:
     for p in procs:
       if p.poll() is None:
-        p.kill()
+        try:  # the launch script's children too (own session, see below)
+          os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+          p.kill()
         p.wait()
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, f"worker failed:\n{out[-4000:]}"
@@ -95,3 +120,74 @@ def test_training_moved_the_parameters(results):
   for k, v in init.items():
     if k.endswith("kernel"):
       assert np.abs(results["1x1"][k] - v).max() > 1e-6, k
+
+
+def _main_env(devices=None):
+  env = dict(os.environ, PYTHONPATH=str(REPO), PYTHON=sys.executable,
+             JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _params_of_workdir(workdir):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from vgg_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  model, meta = checkpointing.load_model_from_workdir(workdir)
+  flat = {"/".join(map(str, k)): np.asarray(v.get_value())
+          for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return flat, meta
+
+
+@pytest.fixture(scope="module")
+def main_runs(tmp_path_factory):
+  """The real command, 2 processes x 2 devices (launch script) and 1 x 1."""
+  root = tmp_path_factory.mktemp("main")
+  config = str(REPO / "experiments" / "fashion_mnist.py")
+  env2 = _main_env()
+  env2["PORT"] = str(_free_port())
+  procs = [
+      subprocess.Popen(
+          ["bash", str(REPO / "launch" / "local_multiprocess_cpu.sh"), config,
+           str(root / "2x2")] + TINY_RUN, cwd=REPO, env=env2,
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+          start_new_session=True),
+      subprocess.Popen(
+          [sys.executable, "-m", "vgg_jax.main", "--config", config,
+           "--workdir", str(root / "1x1")] + TINY_RUN, cwd=REPO,
+          env=_main_env(devices=1), stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT, text=True)]
+  _wait(procs)
+  return root
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_real_command_two_processes_equals_one_device(main_runs):
+  import json  # pylint: disable=g-import-not-at-top
+  two, meta2 = _params_of_workdir(main_runs / "2x2")
+  one, meta1 = _params_of_workdir(main_runs / "1x1")
+  assert meta2["step"] == meta1["step"] == 3
+  assert sorted(two) == sorted(one) and any("conv" in k for k in one)
+  for k in one:
+    np.testing.assert_allclose(two[k], one[k], rtol=2e-4, atol=2e-6,
+                               err_msg=k)
+  # Both runs really trained on the same batches: the logged losses agree
+  # step by step (process 0 writes the 2-process run's metrics).
+  def losses(workdir):
+    rows = [json.loads(line) for line in
+            (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows if r["kind"] == "train"]
+  l2, l1 = losses(main_runs / "2x2"), losses(main_runs / "1x1")
+  assert len(l1) == 3, l1
+  np.testing.assert_allclose(l2, l1, rtol=1e-4)
+  # And the comparison is not vacuous: 3 steps moved every kernel away from
+  # the seed-0 initialisation both runs started from.
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  init = create_model(**meta1["model"], init="he", rngs=nnx.Rngs(0))
+  for k, v in nnx.to_flat_state(nnx.state(init, nnx.Param)):
+    name = "/".join(map(str, k))
+    if name.endswith("kernel"):
+      assert np.abs(one[name] - np.asarray(v.get_value())).max() > 1e-5, name

@@ -99,6 +99,11 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
   # run, as a preemption would; for tests and time-sliced jobs.
   c.stop_after_steps = _int()
   c.async_checkpoints = True
+  # Seconds without training progress after which a process exits with an
+  # error (status 75) instead of waiting forever in a hung collective (a dead
+  # or stuck peer process); None: 10x the slowest interval seen, at least
+  # 300 s (900 s for the first step's compilation).  See vgg_jax/watchdog.py.
+  c.collective_timeout_s = config_dict.placeholder(float)
 
   # Initialisation when the workdir has no checkpoint (§3.1):
   # init_from: a pretrained dir (vgg_jax.weights) or another training

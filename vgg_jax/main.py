@@ -12,6 +12,9 @@ Flags only; the work is ``vgg_jax.train.train_and_evaluate(config, workdir)``.
   several hosts, or SLURM with several tasks).  ``--coordinator_address``,
   ``--num_processes`` and ``--process_id`` pass explicit values (e.g. for a
   CPU rehearsal on 127.0.0.1, with ``VGG_JAX_CPU_COLLECTIVES=gloo``).
+* A lost process: ``--heartbeat_timeout_s`` (the coordination service ends
+  the others, naming it) and ``--config.collective_timeout_s`` (a hung
+  collective ends the process: vgg_jax/watchdog.py) bound the wait.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (multi-host).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 60, "Multi-host: seconds after which a process "
+    "that stopped sending heartbeats is declared dead; the coordination "
+    "service then ends every other process with an error naming it "
+    "(jax.distributed.initialize's heartbeat_timeout_seconds).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -68,7 +76,8 @@ def main(argv):
                         os.environ["VGG_JAX_CPU_COLLECTIVES"])
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+                               process_id=_PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:

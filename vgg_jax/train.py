@@ -48,6 +48,7 @@ from vgg_jax import progress as progress_lib
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import tasks as tasks_lib
 from vgg_jax import models as models_lib
+from vgg_jax import watchdog as watchdog_lib
 from vgg_jax.models import create_model, init_from_a
 
 log = logging.getLogger("vgg_jax.train")
@@ -62,6 +63,7 @@ SAFE_TO_CHANGE = (
     "keep_checkpoints", "stop_after_steps", "async_checkpoints",
     "eval_batch_size", "data.num_workers", "data.num_threads",
     "data.prefetch_buffer_size", "data.data_dir", "init_from", "init_from_a",
+    "collective_timeout_s",
 )
 # Fields added to the configs after some workdirs were written: absent from
 # a stored config and at this value, they are the behaviour of that run.
@@ -539,8 +541,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   t_log, step_log = time.time(), step
   input_seconds = 0.0
+  # A hung collective (a dead or stuck peer) ends the run with an error after
+  # a bounded time instead of hanging: vgg_jax/watchdog.py.
+  dog = watchdog_lib.Watchdog(config.get("collective_timeout_s"), context=(
+      f" (process {jax.process_index()} of {jax.process_count()}; last "
+      f"checkpoint: {ckpt.directory})"))
   try:
-    with PreemptionFlag() as preempt:
+    with dog, PreemptionFlag() as preempt, watchdog_lib.SignalWakeup(dog):
       while step < total_steps:
         # The step is dispatched asynchronously, so reading the next batch
         # overlaps with the device computing this one; the time the host
@@ -553,6 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         input_seconds += time.perf_counter() - t_input
         state, metrics = train_step(state, metrics, batch)
         step += 1
+        dog.beat(f"step {step} (its all-reduce) or the next batch")
         for hook in hooks:
           hook(step)
 
@@ -584,6 +592,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
         val = None
         if eval_every and (step % eval_every == 0 or step == total_steps):
+          dog.beat(f"evaluation at step {step}")
           val = evaluate(step)
           result.update(val_top1_error=val[f"{primary.name}_top1_error"],
                         val_top5_error=val[f"{primary.name}_top5_error"])
@@ -611,12 +620,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         done = (result["stopped_by"] != "total_steps"
                 or step >= total_steps)
         if val is not None or done or (ckpt_every and step % ckpt_every == 0):
+          dog.beat(f"the checkpoint at step {step}")
           save(step, val)
         if done:
           break
   finally:
-    ckpt.wait()
-    ckpt.close()
+    with dog:  # the last save's cross-process commit can hang too
+      dog.beat("the last checkpoint to be written")
+      ckpt.wait()
+      ckpt.close()
     writer.flush()
     train_iter.close()
   result["step"] = step
