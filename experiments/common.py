@@ -94,6 +94,8 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
   # run, as a preemption would; for tests and time-sliced jobs.
   c.stop_after_steps = _int()
   c.async_checkpoints = True
+  # Test hook (vgg_jax/fault_injection.py): make step k's batch NaN.
+  c.debug_nonfinite_at_step = _int()
 
   # Initialisation when the workdir has no checkpoint (§3.1):
   # init_from: a pretrained dir (vgg_jax.weights) or another training

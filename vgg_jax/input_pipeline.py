@@ -75,6 +75,7 @@ import numpy as np
 
 from vgg_jax import conventions
 from vgg_jax import preprocess
+from vgg_jax import tfds_shards
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,12 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
       source, "")
   # TFDS data_dir; the folder root (source="folder"); the IDX directory
   # (source="fashion_mnist"; None means /usr/share/datasets/fashion-mnist).
-  c.data_dir = None
+  # A typed placeholder (not None), so --config.data.data_dir=DIR works.
+  c.data_dir = ml_collections.config_dict.placeholder(str)
   c.train_split = "train"
   c.eval_split = "validation" if source in ("tfds", "folder") else "test"
   # source="folder": JSON {class_name: index}; None -> data_dir/class_index.json
-  c.class_index_path = None
+  c.class_index_path = ml_collections.config_dict.placeholder(str)
   if source == "fashion_mnist":
     c.crop_size = 32  # network input side
     c.train_scale = 32  # S: 28x28 is rescaled to 32x32
@@ -776,6 +778,7 @@ class TfdsImageSource:
           f"TFDS dataset {name!r} split {split!r} is not prepared as "
           f"ArrayRecord under data_dir={data_dir!r} "
           f"({type(e).__name__}: {str(e).splitlines()[0]}); {hint}") from e
+    tfds_shards.check_shards_exist(self._source, f"TFDS {name}/{split}")
     features = self._source.dataset_info.features
     for key in ("image", "label"):
       if key not in features:
@@ -798,7 +801,7 @@ class TfdsImageSource:
   def read(self, i):
     """(encoded image bytes, or an RGB array for a dataset without encoded
     images, label, name)."""
-    ex = self._source[int(i)]
+    ex = tfds_shards.read_record(self._source, i, f"{self.name}/{self.split}")
     img = ex["image"]
     if isinstance(img, np.ndarray):  # a dataset without encoded images
       img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, -1)
@@ -814,7 +817,10 @@ class TfdsImageSource:
     return img, label, name
 
   def label_and_name(self, i):
-    ex = self._source[int(i)]
+    try:
+      ex = tfds_shards.read_record(self._source, i, self.name)
+    except preprocess.DecodeError:  # unreadable record: label -1, a miss
+      return -1, f"{tfds_shards.shard_of(self._source, i)}#record{i}"
     return int(ex["label"]), self._name(i, ex)
 
 

@@ -40,6 +40,9 @@ import optax
 from flax import nnx
 
 from vgg_jax import checkpointing
+from vgg_jax import config_checks
+from vgg_jax import eval_accounting
+from vgg_jax import fault_injection
 from vgg_jax import input_pipeline
 from vgg_jax import optim
 from vgg_jax import sharding as sharding_lib
@@ -57,6 +60,9 @@ SAFE_TO_CHANGE = (
     "keep_checkpoints", "stop_after_steps", "async_checkpoints",
     "eval_batch_size", "data.num_workers", "data.num_threads",
     "data.prefetch_buffer_size", "data.data_dir", "init_from", "init_from_a",
+    # A restart after a NaN/Inf stop may lower the lr (schedules are
+    # functions of the step count, which the checkpoint keeps).
+    "lr", "debug_nonfinite_at_step",
 )
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
@@ -352,6 +358,8 @@ class PreemptionFlag:
     self._old = None
 
   def __enter__(self):
+    from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
+    self.requested = preemption.received()  # a SIGTERM during start-up
     if jax.process_count() == 1:
       try:
         self._old = signal.signal(signal.SIGTERM, self._handler)
@@ -398,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   evaluation), "stopped_by" ("total_steps", "plateau", "preemption",
   "stop_after_steps").
   """
+  config_checks.validate(config, device_count=jax.device_count())
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   setup_logging(workdir)
@@ -496,13 +505,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                                  controller.learning_rate)
   train_step = make_train_step(graphdef, tx, seed=config.seed, mesh=mesh,
                                state_shardings=shardings)
-  metrics = jax.device_put(init_metrics(), sharding_lib.replicated(mesh))
+  saved_metrics = None if latest is None else ckpt.restore_train_metrics(
+      latest)
+  metrics = jax.device_put(saved_metrics or init_metrics(),
+                           sharding_lib.replicated(mesh))
 
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       str(workdir / "tensorboard"), just_logging=not is_main)
   jsonl = JsonlWriter(workdir / "metrics.jsonl", is_main)
+  if latest is not None:
+    checkpointing.drop_metrics_after(jsonl.path, latest)
   if latest is None:
     writer.write_hparams({k: v for k, v in _flatten_config(
         config_to_dict(config)).items()
@@ -521,11 +535,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     batches = input_pipeline.create_eval_iterator(
         config.data, global_batch_size=config.eval_batch_size,
         input_convention=convention)
-    res = evaluate_classifier(model, batches, mesh=mesh)
+    batches = iter(batches)  # its `failed` lists undecodable examples
+    res = eval_accounting.count_failures_as_errors(
+        evaluate_classifier(model, batches, mesh=mesh),
+        eval_accounting.global_count(len(batches.failed)))
     values = {"val_top1_error": res["top1_error"],
               "val_top5_error": res["top5_error"],
               "val_top1": 1.0 - res["top1_error"],
-              "val_examples": res["num_examples"]}
+              "val_examples": res["num_examples"],
+              "val_undecodable": res["num_undecodable"]}
     writer.write_scalars(step, {k: v for k, v in values.items()})
     jsonl.write(step, "eval", values)
     log.info("eval at step %d (epoch %.2f): top-1 error %.4f, top-5 error "
@@ -548,6 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     check_finite(jax.device_get(metrics), step)
     ckpt.save(step, state=state, train_iter=train_iter,
               controller=controller.state_dict(), metadata=metadata,
+              train_metrics=jax.device_get(metrics),
               metrics=None if val is None else {
                   checkpointing.BEST_METRIC: val["val_top1"]})
     last_good_step = step
@@ -562,7 +581,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         # spends here, as a share of wall time, says how close the run is to
         # input-bound (near 1: the device waits for data).
         t_input = time.perf_counter()
-        batch = next(train_iter)
+        batch = fault_injection.poison_batch(
+            next(train_iter), step + 1, config.get("debug_nonfinite_at_step"))
         batch = sharding_lib.shard_batch(
             {"image": batch["image"], "label": batch["label"]}, mesh)
         input_seconds += time.perf_counter() - t_input
