@@ -74,6 +74,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
   if multihost_requested():
+    preemption.uninstall()  # JAX's preemption notifier takes SIGTERM
     # CPU-only multi-process runs (a rehearsal, launch/local_multiprocess_cpu.sh)
     # need a CPU collectives backend: VGG_JAX_CPU_COLLECTIVES=gloo.
     if os.environ.get("VGG_JAX_CPU_COLLECTIVES"):

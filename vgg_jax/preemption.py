@@ -16,6 +16,7 @@ import signal
 log = logging.getLogger(__name__)
 
 _received = False
+_previous = None
 
 
 def _handler(signum, frame):
@@ -28,10 +29,24 @@ def _handler(signum, frame):
 
 def install() -> None:
   """Records SIGTERM from now on (main thread only; a no-op elsewhere)."""
+  global _previous
   try:
-    signal.signal(signal.SIGTERM, _handler)
+    _previous = signal.signal(signal.SIGTERM, _handler)
   except ValueError:  # not the main thread
     pass
+
+
+def uninstall() -> None:
+  """Restores the handler ``install`` replaced.  Multi-process runs call it
+  before ``jax.distributed.initialize``: there JAX's preemption notifier and
+  orbax's sync point handle SIGTERM, so every host stops at the same step."""
+  global _previous
+  if _previous is not None:
+    try:
+      signal.signal(signal.SIGTERM, _previous)
+    except ValueError:
+      return
+    _previous = None
 
 
 def received() -> bool:

@@ -359,7 +359,8 @@ class PreemptionFlag:
 
   def __enter__(self):
     from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
-    self.requested = preemption.received()  # a SIGTERM during start-up
+    # A SIGTERM during start-up (single process; see vgg_jax/preemption.py).
+    self.requested = jax.process_count() == 1 and preemption.received()
     if jax.process_count() == 1:
       try:
         self._old = signal.signal(signal.SIGTERM, self._handler)

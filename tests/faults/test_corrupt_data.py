@@ -84,5 +84,5 @@ def test_undecodable_images_are_counted_and_a_new_class_folder_refused(
                    proc.stderr), proc.stderr[-3000:]
   assert H.committed_steps(workdir) == before
   H.report("corrupt_folder", faults_injected=4, runs_survived=1,
-           examples_lost=5 - evals[-1]["val_examples"], bad_inputs_refused=1,
+           examples_lost=int(5 - evals[-1]["val_examples"]), bad_inputs_refused=1,
            training_images_skipped=max(counts))
