@@ -34,7 +34,11 @@ NUM_VAL, PER_CLASS = 5, 3
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("imagenet")
-  tfds = ip._tfds_module()  # pylint: disable=protected-access
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  # TFDS' builder code imports the `importlib_resources` backport; the
+  # standard library's module has what it uses.
+  sys.modules.setdefault("importlib_resources", importlib.resources)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   synsets = pathlib.Path(str(tfds.core.tfds_path(
       "datasets/imagenet2012/labels.txt"))).read_text().split()
   F.make_ilsvrc_tars(tmp / "manual", synsets[:3], PER_CLASS, NUM_VAL,
