@@ -112,6 +112,32 @@ def test_thread_calls_on_hang_and_stops_when_beaten():
   assert dog.fired and "waiting for a step" in fired[0]
 
 
+@pytest.mark.parametrize("multi_process", [False, True])
+def test_sigterm_during_start_up_is_kept_or_passed_on(multi_process):
+  """vgg_jax/preemption.py with the watchdog's SIGTERM story: a SIGTERM
+  during start-up is remembered on one process (the loop saves after its
+  first step); a multi-process run hands SIGTERM to JAX before
+  initialising, and one that already came is passed on (the process ends by
+  it), never swallowed."""
+  code = (
+      "import os, signal\n"
+      "from vgg_jax import preemption\n"
+      "preemption.install()\n"
+      "os.kill(os.getpid(), signal.SIGTERM)\n"
+      "assert preemption.received()\n"
+      + ("preemption.uninstall()\n" if multi_process else "")
+      + "print('still running')\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, timeout=120,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+  if multi_process:
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert "still running" not in proc.stdout
+  else:
+    assert proc.returncode == 0, proc.stderr
+    assert "still running" in proc.stdout
+
+
 def test_signal_wakeup_tells_the_watchdog_of_sigterm():
   # Python's C-level handler writes the signal number to the wakeup fd at
   # once (the Python handler itself waits for the main thread); the reader

@@ -11,7 +11,12 @@ exactly where it stopped:
 * ``controller``: the plateau controller (best accuracy, drops, history);
 * ``metadata``: what rebuilds the model without the config: ``"model"``
   (create_model kwargs), ``"input_convention"``, ``"class_names"`` (the keys
-  of ``vgg_jax.weights.load_pretrained``'s metadata), plus the step.
+  of ``vgg_jax.weights.load_pretrained``'s metadata), plus the step;
+* ``train_metrics``: the training metrics accumulated since the last logging
+  step (sums, exact as JSON numbers), so the first line a resumed run logs
+  averages the same steps, bit for bit, as an uninterrupted run's.
+  ``drop_metrics_after`` cuts ``metrics.jsonl`` back to the restored step,
+  so the log of a resumed run reads as an uninterrupted one's.
 
 The RNG needs no state: the dropout key of step t is ``fold_in(key(seed), t)``.
 
@@ -22,10 +27,17 @@ directory and renames it when complete (``_CHECKPOINT_METADATA`` is written
 last); a step directory without it, or a temporary directory, is left by a
 kill and is moved aside (``checkpoints/incomplete/``) on the next start,
 never restored.
+
+A save that fails (disk full, quota, I/O error) raises
+``CheckpointWriteError`` naming the step, the directory and the last
+complete checkpoint, which stays intact: what the failed save left is
+incomplete and is set aside on the next start.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import pathlib
@@ -34,6 +46,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -43,7 +56,26 @@ CHECKPOINT_DIR = "checkpoints"
 COMMIT_FILE = "_CHECKPOINT_METADATA"
 INCOMPLETE_DIR = "incomplete"
 BEST_METRIC = "val_top1"
-ITEMS = ("state", "data", "controller", "metadata")
+ITEMS = ("state", "data", "controller", "metadata", "train_metrics")
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written; earlier complete ones are intact."""
+
+
+def _oserror_in(exc: BaseException) -> OSError | None:
+  """The OSError (or errno-bearing error) behind ``exc``, if any."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno is not None:
+      return exc
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+      if os.strerror(code) in text:
+        return OSError(code, os.strerror(code))
+    exc = exc.__cause__ or exc.__context__
+  return None
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -103,6 +135,24 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS,
                                          options=options)
 
+  def _write_error(self, exc: BaseException, step: int | None
+                   ) -> CheckpointWriteError | None:
+    err = _oserror_in(exc)
+    if err is None:
+      return None
+    last = self.latest_step()
+    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota "
+            "is exhausted", errno.EROFS: "the file system is read-only"}.get(
+                err.errno, "an I/O error")
+    return CheckpointWriteError(
+        err.errno,
+        f"could not write the checkpoint{f' of step {step}' if step else ''}"
+        f" to {self.directory}: {hint} ({err.strerror or err}).  The last "
+        f"complete checkpoint ({last if last is not None else 'none'}) is "
+        "intact; what this save left is incomplete and is set aside when the "
+        "run restarts.  Free space (or lower keep_checkpoints) and rerun the "
+        "same command to resume.")
+
   def latest_step(self) -> int | None:
     steps = self.complete_steps()
     return steps[-1] if steps else None
@@ -116,16 +166,31 @@ class Checkpointer:
 
   def save(self, step: int, *, state: Any, train_iter: Any,
            controller: dict, metadata: dict,
-           metrics: dict | None = None) -> None:
-    """Starts an asynchronous save (returns once arrays are on the host)."""
+           metrics: dict | None = None,
+           train_metrics: dict | None = None) -> None:
+    """Starts an asynchronous save (returns once arrays are on the host).
+
+    ``train_metrics``: numpy scalars (the running training sums).
+    """
     args = {"state": ocp.args.StandardSave(state),
             "controller": ocp.args.JsonSave(controller),
             "metadata": ocp.args.JsonSave({**metadata, "step": int(step)})}
     if train_iter is not None:
       import grain  # pylint: disable=g-import-not-at-top
       args["data"] = grain.checkpoint.CheckpointSave(train_iter)
-    self.manager.save(step, args=ocp.args.Composite(**args),
-                      metrics=metrics, force=True)
+    if train_metrics is not None:
+      args["train_metrics"] = ocp.args.JsonSave(
+          {k: {"dtype": str(v.dtype), "value": v.item()}
+           for k, v in train_metrics.items()})
+    try:
+      # Also raises a failure of the previous (asynchronous) save.
+      self.manager.save(step, args=ocp.args.Composite(**args),
+                        metrics=metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      clear = self._write_error(e, step)
+      if clear is None:
+        raise
+      raise clear from e
 
   def restore(self, step: int, *, abstract_state: Any, train_iter: Any = None
               ) -> tuple[Any, dict, dict]:
@@ -143,11 +208,61 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         metadata=ocp.args.JsonRestore())).metadata
 
+  def restore_train_metrics(self, step: int) -> dict | None:
+    """The training-metric sums saved with ``step`` (None: an older
+    checkpoint without them)."""
+    if not (self.directory / str(step) / "train_metrics").is_dir():
+      return None
+    saved = self.manager.restore(step, args=ocp.args.Composite(
+        train_metrics=ocp.args.JsonRestore())).train_metrics
+    return {k: np.asarray(v["value"], dtype=v["dtype"])
+            for k, v in saved.items()}
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      clear = self._write_error(e, None)
+      if clear is None:
+        raise
+      raise clear from e
 
   def close(self) -> None:
     self.manager.close()
+
+
+def drop_metrics_after(path: str | os.PathLike, step: int) -> int:
+  """Keeps the lines of ``metrics.jsonl`` up to ``step`` (and no torn line).
+
+  A run resumed from the checkpoint of ``step`` logs every later step again;
+  without this the file would hold those steps twice (the killed run's and
+  the resumed run's).  Written atomically (temporary file, fsync, rename).
+  Returns the number of lines dropped.
+  """
+  path = pathlib.Path(path)
+  if not path.exists() or jax.process_index() != 0:
+    return 0
+  kept, dropped = [], 0
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+      keep = int(record["step"]) <= step
+    except (ValueError, KeyError, TypeError):
+      keep = False  # a line torn by a kill
+    if keep:
+      kept.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+      f.write("".join(l + "\n" for l in kept))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.info("metrics.jsonl: dropped %d line(s) after step %d (logged by "
+             "the interrupted run, logged again on resume)", dropped, step)
+  return dropped
 
 
 def _model_from_metadata(metadata: dict, dtype=None):

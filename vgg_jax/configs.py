@@ -104,6 +104,8 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
   # or stuck peer process); None: 10x the slowest interval seen, at least
   # 300 s (900 s for the first step's compilation).  See vgg_jax/watchdog.py.
   c.collective_timeout_s = config_dict.placeholder(float)
+  # Test hook (vgg_jax/fault_injection.py): make step k's batch NaN.
+  c.debug_nonfinite_at_step = _int()
 
   # Initialisation when the workdir has no checkpoint (§3.1):
   # init_from: a pretrained dir (vgg_jax.weights) or another training

@@ -110,11 +110,12 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
   c.name = ""
   # TFDS data_dir; the folder root (source="folder"); the IDX directory
   # (source="fashion_mnist"; None means /usr/share/datasets/fashion-mnist).
-  c.data_dir = None
+  # A typed placeholder (not None), so --config.data.data_dir=DIR works.
+  c.data_dir = ml_collections.config_dict.placeholder(str)
   c.train_split = "train"
   c.eval_split = "validation"
   # source="folder": JSON {class_name: index}; None -> data_dir/class_index.json
-  c.class_index_path = None
+  c.class_index_path = ml_collections.config_dict.placeholder(str)
   # The paper's 224 crops (§3.1); small-image sources change these.
   c.crop_size = 224  # section 3.1: 224x224 crops
   # S: an int (single-scale: 256 or 384) or [S_min, S_max] (jittering,

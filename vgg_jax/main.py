@@ -27,6 +27,11 @@ from vgg_jax import host_malloc
 # TensorFlow/JAX modules): see vgg_jax/host_malloc.py.
 host_malloc.reuse_freed_memory()
 
+from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
+# As early as possible: a SIGTERM during start-up (imports, data loading,
+# compilation) then stops the run cleanly after its first step.
+preemption.install()
+
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
@@ -69,6 +74,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
   if multihost_requested():
+    preemption.uninstall()  # JAX's preemption notifier takes SIGTERM
     # CPU-only multi-process runs (a rehearsal, launch/local_multiprocess_cpu.sh)
     # need a CPU collectives backend: VGG_JAX_CPU_COLLECTIVES=gloo.
     if os.environ.get("VGG_JAX_CPU_COLLECTIVES"):
@@ -78,8 +84,12 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
+  from vgg_jax import config_checks, workdir_lock  # pylint: disable=g-import-not-at-top
   from vgg_jax import train  # pylint: disable=g-import-not-at-top
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  # Bad values and a workdir in use are refused before anything is written.
+  config_checks.validate(_CONFIG.value, device_count=jax.device_count())
+  with workdir_lock.WorkdirLock(_WORKDIR.value, jax.process_index()):
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     err = result.get("val_top1_error")
     if err is not None:
@@ -90,4 +100,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from vgg_jax import config_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=config_checks.parse_flags)

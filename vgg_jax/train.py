@@ -40,7 +40,9 @@ import optax
 from flax import nnx
 
 from vgg_jax import checkpointing
+from vgg_jax import config_checks
 from vgg_jax.eval import evaluators as evaluators_lib
+from vgg_jax import fault_injection
 from vgg_jax import model_dir
 from vgg_jax import input_pipeline
 from vgg_jax import optim
@@ -64,6 +66,9 @@ SAFE_TO_CHANGE = (
     "eval_batch_size", "data.num_workers", "data.num_threads",
     "data.prefetch_buffer_size", "data.data_dir", "init_from", "init_from_a",
     "collective_timeout_s",
+    # A restart after a NaN/Inf stop may lower the lr (schedules are
+    # functions of the step count, which the checkpoint keeps).
+    "lr", "debug_nonfinite_at_step",
 )
 # Fields added to the configs after some workdirs were written: absent from
 # a stored config and at this value, they are the behaviour of that run.
@@ -347,6 +352,9 @@ class PreemptionFlag:
     self._old = None
 
   def __enter__(self):
+    from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
+    # A SIGTERM during start-up (single process; see vgg_jax/preemption.py).
+    self.requested = jax.process_count() == 1 and preemption.received()
     if jax.process_count() == 1:
       try:
         self._old = signal.signal(signal.SIGTERM, self._handler)
@@ -386,6 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   evaluation), "stopped_by" ("total_steps", "plateau", "preemption",
   "stop_after_steps").
   """
+  config_checks.validate(config, device_count=jax.device_count())
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   setup_logging(workdir)
@@ -489,13 +498,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                                  controller.learning_rate)
   train_step = make_train_step(graphdef, tx, seed=config.seed, mesh=mesh,
                                state_shardings=shardings, task=task)
-  metrics = jax.device_put(init_metrics(task), sharding_lib.replicated(mesh))
+  # The sums since the last log line, so a resumed run logs what an
+  # uninterrupted one would (a checkpoint without them, or with another
+  # task's, starts the sums afresh).
+  fresh_metrics = init_metrics(task)
+  saved_metrics = None if latest is None else ckpt.restore_train_metrics(
+      latest)
+  if saved_metrics is not None and set(saved_metrics) != set(fresh_metrics):
+    log.info("the checkpoint's training sums %s are not this task's %s: "
+             "starting them afresh", sorted(saved_metrics),
+             sorted(fresh_metrics))
+    saved_metrics = None
+  metrics = jax.device_put(saved_metrics or fresh_metrics,
+                           sharding_lib.replicated(mesh))
 
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       str(workdir / "tensorboard"), just_logging=not is_main)
   jsonl = JsonlWriter(workdir / "metrics.jsonl", is_main)
+  if latest is not None:
+    checkpointing.drop_metrics_after(jsonl.path, latest)
   if latest is None:
     writer.write_hparams({k: v for k, v in _flatten_config(
         config_to_dict(config)).items()
@@ -535,6 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     check_finite(jax.device_get(metrics), step)
     ckpt.save(step, state=state, train_iter=train_iter,
               controller=controller.state_dict(), metadata=metadata,
+              train_metrics=jax.device_get(metrics),
               metrics=None if val is None else {
                   checkpointing.BEST_METRIC: val[f"{primary.name}_top1"]})
     last_good_step = step
@@ -554,7 +578,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         # spends here, as a share of wall time, says how close the run is to
         # input-bound (near 1: the device waits for data).
         t_input = time.perf_counter()
-        batch = next(train_iter)
+        batch = fault_injection.poison_batch(
+            next(train_iter), step + 1, config.get("debug_nonfinite_at_step"))
         batch = sharding_lib.shard_batch(
             {k: batch[k] for k in task.batch_keys}, mesh)
         input_seconds += time.perf_counter() - t_input

@@ -164,7 +164,9 @@ class SignalWakeup:
   Python's C-level handler does write the signal number to the wakeup fd at
   once; a thread reading it calls ``watchdog.notice_signal()``.  Works only
   for signals that have a Python handler (the single-process SIGTERM handler
-  of the training loop); a no-op outside the main thread.
+  of the training loop); on several processes JAX's preemption notifier owns
+  SIGTERM (vgg_jax/preemption.py), and a process stuck in a collective exits
+  at the watchdog's limit.  A no-op outside the main thread.
   """
 
   def __init__(self, watchdog: Watchdog, signals=(signal.SIGTERM,)):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vgg_jax import preprocess
+from vgg_jax import tfds_shards
 
 log = logging.getLogger("vgg_jax.data")
 
@@ -212,6 +213,7 @@ class TfdsImageSource:
           f"TFDS dataset {name!r} split {split!r} is not prepared as "
           f"ArrayRecord under data_dir={data_dir!r} "
           f"({type(e).__name__}: {str(e).splitlines()[0]}); {hint}") from e
+    tfds_shards.check_shards_exist(self._source, f"TFDS {name}/{split}")
     features = self._source.dataset_info.features
     for key in ("image", "label"):
       if key not in features:
@@ -234,7 +236,7 @@ class TfdsImageSource:
   def read(self, i):
     """(encoded image bytes, or an RGB array for a dataset without encoded
     images, label, name)."""
-    ex = self._source[int(i)]
+    ex = tfds_shards.read_record(self._source, i, f"{self.name}/{self.split}")
     img = ex["image"]
     if isinstance(img, np.ndarray):  # a dataset without encoded images
       img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, -1)
@@ -250,7 +252,10 @@ class TfdsImageSource:
     return img, label, name
 
   def label_and_name(self, i):
-    ex = self._source[int(i)]
+    try:
+      ex = tfds_shards.read_record(self._source, i, self.name)
+    except preprocess.DecodeError:  # unreadable record: label -1, a miss
+      return -1, f"{tfds_shards.shard_of(self._source, i)}#record{i}"
     return int(ex["label"]), self._name(i, ex)
 
 

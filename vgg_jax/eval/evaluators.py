@@ -84,20 +84,29 @@ class Evaluator:
 @register_evaluator("classification")
 class ClassificationEvaluator(Evaluator):
   """Top-1/top-5 error on centre crops at ``data.eval_scale`` in batches of
-  ``eval_batch_size`` (the paper's validation during training, §3.1)."""
+  ``eval_batch_size`` (the paper's validation during training, §3.1).
+
+  Every example of the split counts once: one whose image cannot be decoded
+  is a miss (top-1 and top-5), reported as ``undecodable``
+  (vgg_jax/eval_accounting.py), never dropped from ``examples``.
+  """
 
   def run(self, model, *, convention, mesh=None):
+    from vgg_jax import eval_accounting  # pylint: disable=g-import-not-at-top
     from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     from vgg_jax.eval.classifier import evaluate_classifier  # pylint: disable=g-import-not-at-top
-    batches = input_pipeline.create_eval_iterator(
+    batches = iter(input_pipeline.create_eval_iterator(
         self.data_config(), global_batch_size=int(
             self.options.get("batch_size") or self.config.eval_batch_size),
-        input_convention=convention)
-    res = evaluate_classifier(model, batches, mesh=mesh)
+        input_convention=convention))  # its `failed`: undecodable examples
+    res = eval_accounting.count_failures_as_errors(
+        evaluate_classifier(model, batches, mesh=mesh),
+        eval_accounting.global_count(len(batches.failed)))
     return {"top1_error": res["top1_error"],
             "top5_error": res["top5_error"],
             "top1": 1.0 - res["top1_error"],
-            "examples": res["num_examples"]}
+            "examples": res["num_examples"],
+            "undecodable": res["num_undecodable"]}
 
 
 @register_evaluator("protocol")
@@ -123,7 +132,8 @@ class ProtocolEvaluator(Evaluator):
     err = errors_of(combine([r], protocol, scales), r.labels)
     return {"top1_error": err["top1_error"], "top5_error": err["top5_error"],
             "top1": 1.0 - err["top1_error"],
-            "examples": err["num_examples"]}
+            "examples": err["num_examples"],
+            "undecodable": err["num_failed"]}
 
 
 DEFAULT_EVALS = {"val": {"type": "classification"}}
