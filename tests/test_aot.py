@@ -273,3 +273,53 @@ def test_topology_devices_one_per_chip():
                 for line in p.stdout.splitlines())
   assert counts == {"v4:2x2x1": (4, 4), "v5p:2x2x2": (8, 8),
                     "v5e:2x4": (8, 8), "v6e:2x2": (4, 4)}
+
+
+def test_build_step_follows_the_config_task_and_model_mapping():
+  """The step is built from the config's task (its batch keys and metrics)
+  and the one config -> model mapping: a box-regression config (Appendix A's
+  shape of task, registered here) builds and lowers with its own batch; the
+  classification config's net is the one training builds.  For this
+  machine's CPU (no libtpu needed)."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  from vgg_jax import input_pipeline, tasks, train
+
+  @tasks.register_task("test_aot_boxes")
+  class Boxes(tasks.Task):
+    batch_keys = ("image", "box")
+
+    def loss(self, model, batch, *, rngs):
+      pred = model(batch["image"], train=True, rngs=rngs)
+      return jnp.mean(jnp.sum((pred - batch["box"]) ** 2, -1)), pred
+
+  config = aot.load_experiment(CONFIG)
+  config.batch_size = 8
+  cpu = jax.devices("cpu")[:1]
+  built = aot.build_step(config, cpu, platform="cpu")
+  # The classification net is the net training builds from this config.
+  info = input_pipeline.dataset_info(config.data)
+  assert built.model_kwargs == train.model_kwargs(config, info)
+  state, metrics, batch = built.args
+  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {
+      "image": ((8, 32, 32, 1), np.float32), "label": ((8,), np.int32)}
+  assert "top1_hits" in metrics
+
+  with config.unlocked():
+    config.task = "test_aot_boxes"
+  built = aot.build_step(config, cpu, platform="cpu", num_classes=4)
+  state, metrics, batch = built.args
+  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {
+      "image": ((8, 32, 32, 1), np.float32), "box": ((8, 4), np.float32)}
+  assert set(metrics) == {"loss_sum", "examples", "steps",
+                          "first_nonfinite_step"}
+  assert state["params"]["fc3"]["kernel"].shape[-1] == 4  # 4 box outputs
+  # The step traces and lowers with the box batch (compiling is what the
+  # libtpu tests above exercise; here it would only cost time).
+  hlo = built.jitted.lower(*built.args).as_text()
+  assert "tensor<8x4xf32>" in hlo and "tensor<8x32x32x1xf32>" in hlo
+  with pytest.raises(ValueError, match="no shape known for batch key"):
+    type("Odd", (Boxes,), {"batch_keys": ("image", "mask_map")})(
+        ).batch_specs(8, (32, 32, 1))

@@ -60,7 +60,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vgg_jax import models as models_lib
 from vgg_jax import sharding as sharding_lib
+from vgg_jax import tasks as tasks_lib
 from vgg_jax import train
 from vgg_jax.models import count_macs, create_model, net_spec
 
@@ -174,12 +176,15 @@ def build_step(config, devices: list, *, platform: str = "tpu",
                num_train_examples: int | None = None) -> BuiltStep:
   """The training step of ``config`` over ``devices``, as training builds it.
 
-  Mirrors ``train.train_and_evaluate``: ``create_model`` with the config's
-  model fields, ``train.make_optimizer``, ``train.create_train_state``,
-  ``sharding.make_mesh(config.mesh_model_axis)``,
-  ``sharding.param_shardings(state, mesh, shard_fc_kernels or None)``,
-  ``train.make_train_step`` (state and metrics donated).  The state is
-  abstract (``jax.eval_shape``): nothing is allocated.
+  Mirrors ``train.train_and_evaluate``: ``create_model`` with
+  ``models.model_kwargs_from_config`` and ``model_runtime_kwargs`` (conv_impl
+  "auto" resolved for the target), ``train.make_optimizer``,
+  ``train.create_train_state``, ``sharding.make_mesh(config.mesh_model_axis)``,
+  ``sharding.param_shardings(state, mesh, shard_fc_kernels or None)``, the
+  config's task (``tasks.get_task``: its metrics and its batch keys, shaped
+  by ``task.batch_specs``), ``train.make_train_step`` (state and metrics
+  donated).  The state is abstract (``jax.eval_shape``): nothing is
+  allocated.
   """
   dtype = train.compute_dtype(config)
   classes, n_train = dataset_size(config, num_classes, num_train_examples)
@@ -204,18 +209,17 @@ def build_step(config, devices: list, *, platform: str = "tpu",
   conv_impl = config.model.conv_impl
   if conv_impl == "auto":
     conv_impl = "im2col" if platform == "cpu" else "xla"
-  m = config.model
-  kwargs = dict(name=m.name, num_classes=classes, width_mult=m.width_mult,
-                fc_width=m.fc_width,
-                in_channels=int(config.data.image_channels))
-  if m.head_window is not None:
-    kwargs["head_window"] = m.head_window
+  channels = int(config.data.image_channels)
+  # The one config -> model mapping (as training builds the net).
+  kwargs = models_lib.model_kwargs_from_config(
+      config.model, num_classes=classes, in_channels=channels)
+  runtime = {**models_lib.model_runtime_kwargs(config.model, dtype=dtype),
+             "conv_impl": conv_impl}
+  task = tasks_lib.get_task(config)
   holder = {}
 
   def init():
-    model = create_model(**kwargs, init=m.init, dtype=dtype,
-                         dropout_rate=m.dropout_rate, conv_impl=conv_impl,
-                         rngs=nnx.Rngs(config.seed))
+    model = create_model(**kwargs, **runtime, rngs=nnx.Rngs(config.seed))
     holder["graphdef"], state = train.create_train_state(model, tx)
     return state
 
@@ -228,16 +232,18 @@ def build_step(config, devices: list, *, platform: str = "tpu",
   rep = sharding_lib.replicated(mesh)
   metrics = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-      jax.eval_shape(train.init_metrics))
-  crop, channels = int(config.data.crop_size), int(config.data.image_channels)
+      jax.eval_shape(lambda: train.init_metrics(task)))
+  crop = int(config.data.crop_size)
   bsh = sharding_lib.batch_sharding(mesh)
-  # What the input pipeline yields: float32 images, int32 labels.
+  # What the input pipeline yields for the task's batch keys (the loop puts
+  # exactly these on device): float32 images, int32 labels, ...
   batch_args = {
-      "image": jax.ShapeDtypeStruct((batch, crop, crop, channels), np.float32,
-                                    sharding=bsh),
-      "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=bsh)}
+      k: jax.ShapeDtypeStruct(shape, dt, sharding=bsh)
+      for k, (shape, dt) in task.batch_specs(
+          batch, (crop, crop, channels)).items()}
   jitted = train.make_train_step(holder["graphdef"], tx, seed=config.seed,
-                                 mesh=mesh, state_shardings=shardings)
+                                 mesh=mesh, state_shardings=shardings,
+                                 task=task)
   return BuiltStep(jitted, (state, metrics, batch_args), mesh, batch,
                    conv_impl, kwargs)
 

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -54,6 +55,26 @@ class Task:
   name = "task"
   # The keys of a pipeline batch the step needs on device.
   batch_keys: tuple[str, ...] = ("image",)
+  # Per-example shape and dtype of each key as the pipeline yields it ("image"
+  # is (H, W, C) from the data config); for compiling the step without data
+  # (vgg_jax/aot.py).  A task with another key adds it here.
+  example_specs: Mapping[str, tuple[tuple[int, ...], Any]] = {
+      "label": ((), np.int32),
+      "box": ((4,), np.float32),  # Appendix A: one box per image
+  }
+
+  def batch_specs(self, batch_size: int, image_shape: tuple[int, int, int]
+                  ) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{key: (shape, dtype)} of a global batch of ``batch_keys``."""
+    specs = {"image": (tuple(image_shape), np.float32),
+             **self.example_specs}
+    missing = [k for k in self.batch_keys if k not in specs]
+    if missing:
+      raise ValueError(
+          f"task {self.name!r}: no shape known for batch key(s) {missing}; "
+          "give them in the task's example_specs")
+    return {k: ((batch_size, *specs[k][0]), specs[k][1])
+            for k in self.batch_keys}
 
   def loss(self, model: nnx.Module, batch: Mapping[str, jax.Array], *,
            rngs: nnx.Rngs) -> tuple[jax.Array, Any]:
