@@ -494,3 +494,45 @@ def test_command_on_an_image_folder_lists_undecodable_images(tmp_path):
   assert on_disk["num_failed"] == 2
   assert "could not be decoded" in (tmp_path / "out" / "results.md"
                                     ).read_text()
+
+
+def test_training_evaluator_counts_undecodable_images_as_misses(tmp_path):
+  # The "classification" evaluator (training's validation, and `evaluate
+  # --config`): every example of the split counts once; an undecodable image
+  # is a miss, never dropped.  Checked against the same evaluator on the
+  # split without those files (the decodable images score the same).
+  import shutil
+  import ml_collections
+  import data_fixtures
+  from vgg_jax import input_pipeline
+  from vgg_jax.eval import evaluators
+  root = tmp_path / "data"
+  classes = ["cat", "dog"]
+  data_fixtures.make_image_folder(root, classes, 1, split="train")
+  files = data_fixtures.make_image_folder(root, classes, 2,
+                                          split="validation", nasty=True)
+  clean = tmp_path / "clean"
+  shutil.copytree(root, clean)
+  for tag in data_fixtures.UNDECODABLE:
+    for f in clean.glob(f"validation/*/*_nasty_{tag}.JPEG"):
+      f.unlink()
+  model = create_model("A", rngs=nnx.Rngs(0), init="he", head_window=1,
+                       width_mult=0.125, fc_width=32, num_classes=2)
+
+  def run(data_dir):
+    data = input_pipeline.default_data_config("folder")
+    data.data_dir = str(data_dir)
+    data.crop_size, data.eval_scale, data.train_scale = 32, 32, 32
+    config = ml_collections.ConfigDict({"data": data, "eval_batch_size": 4})
+    (ev,) = evaluators.evaluators_from_config(config)
+    return ev.evaluate(model, convention=input_pipeline.input_convention(
+        data))
+
+  with_bad, without = run(root), run(clean)
+  assert with_bad["val_examples"] == len(files) == 10
+  assert with_bad["val_undecodable"] == 2
+  assert without["val_examples"] == 8 and without["val_undecodable"] == 0
+  hits = round((1 - without["val_top1_error"]) * 8)  # of the 8 decodable
+  assert with_bad["val_top1_error"] == pytest.approx(1 - hits / 10)
+  assert without["val_top5_error"] == 0  # 2 classes: top-5 always hits
+  assert with_bad["val_top5_error"] == pytest.approx(0.2)
