@@ -1,5 +1,5 @@
-"""Published weights (SPEC section 9): the format, and the importers checked
-against independent implementations run on the same photo.
+"""Published weights (conventions in docs/weights.md): the format, and the
+importers checked against independent implementations run on the same photo.
 
 * Keras 3 (JAX backend, no TensorFlow) builds VGG16 / a width-reduced VGG19;
   its weights are written in the published file's layout (and in Keras 3's
