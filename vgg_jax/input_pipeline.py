@@ -75,6 +75,7 @@ from typing import Any, Sequence
 
 import grain
 import ml_collections
+from ml_collections import config_dict
 import numpy as np
 
 from vgg_jax import conventions
@@ -110,11 +111,12 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
   c.name = ""
   # TFDS data_dir; the folder root (source="folder"); the IDX directory
   # (source="fashion_mnist"; None means /usr/share/datasets/fashion-mnist).
-  c.data_dir = None
+  # A typed placeholder (None until set) so --config.data.data_dir=... parses.
+  c.data_dir = config_dict.placeholder(str)
   c.train_split = "train"
   c.eval_split = "validation"
   # source="folder": JSON {class_name: index}; None -> data_dir/class_index.json
-  c.class_index_path = None
+  c.class_index_path = config_dict.placeholder(str)
   # The paper's 224 crops (§3.1); small-image sources change these.
   c.crop_size = 224  # section 3.1: 224x224 crops
   # S: an int (single-scale: 256 or 384) or [S_min, S_max] (jittering,
