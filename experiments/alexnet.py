@@ -6,14 +6,19 @@ The VGG paper's baseline: SGD batch 128, momentum 0.9, weight decay 5e-4,
 lr 0.01 divided by 10 when validation accuracy stops improving (3 times),
 about 90 epochs; weights N(0, 0.01), biases 1 in conv2, conv4, conv5 and the
 hidden FC layers, 0 elsewhere (``init="alexnet"``); dropout 0.5 on FC1/FC2;
-random 224 crops of the image rescaled to shorter side 256, flips, PCA
-lighting (sigma 0.1).  Difference (a choice): Krizhevsky took the central
-256x256 square before cropping; the pipeline here crops from the whole
-rescaled image, as VGG does.
+random 224 crops of the central 256x256 square of the image rescaled to
+shorter side 256 (``data.central_square``, Krizhevsky's input), flips, PCA
+lighting (sigma 0.1).  Not yet: Krizhevsky subtracted a per-pixel mean image;
+here the per-channel mean is subtracted.
 
 Paper (ILSVRC-2012 val, 1 net, 10-crop test): 40.7 / 18.2 top-1 / top-5
 error %.  The training-time evaluation here is a single centre crop at 256
-(expect a few points worse; ``python -m vgg_jax.evaluate`` for 10 crops).
+(expect a few points worse).  The 10-crop test (the four corner and the
+centre 224 crops of the central 256x256 square and their flips, soft-max
+averaged):
+
+    python -m vgg_jax.evaluate --model workdirs/alexnet --best \
+        --protocol tencrop --scales 256
 
 Cost: 1.135 GMACs per 224 image forward, about 6.8 GFLOP per training
 image; 90 epochs x 1.281M = 115M images = 7.9e17 FLOP, under an
@@ -38,4 +43,5 @@ def get_config(arg: str | None = None):
   c.data.train_scale = 256
   c.data.eval_scale = 256
   c.data.pca_std = 0.1
+  c.data.central_square = True  # Krizhevsky's crops: the central square
   return common.lock(c)

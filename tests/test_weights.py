@@ -381,6 +381,7 @@ def test_wrong_fc1_flattening_order_changes_the_logits():
   kwargs, flat = weights.convert_torchvision(
       {k: v.numpy() for k, v in sd.items()})
   right = weights.model_from_flat(kwargs, flat)
+  assert kwargs["pool_rounding"] == "floor"  # torchvision's ceil_mode=False
   # The bug: reading classifier.0's (C, H, W) inputs as if (H, W, C).
   w = sd["classifier.0.weight"].numpy()
   h = kwargs["head_window"]
@@ -403,6 +404,9 @@ def test_wrong_fc1_order_is_visible_to_the_keras_comparison():
   layers = {l.name: l.get_weights() for l in keras_model.layers
             if l.get_weights()}
   kwargs, flat = weights.convert_keras(layers)
+  # The authors' Caffe weights: Caffe's ceil pooling.  (At this size, a
+  # multiple of 32, ceil and Keras' own floor pooling agree.)
+  assert kwargs["pool_rounding"] == "ceil"
   x = jnp.asarray(conventions.CAFFE.normalise(photos))
   _assert_logits_close(np.asarray(weights.model_from_flat(kwargs, flat)(x)),
                        ref)

@@ -55,6 +55,9 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
       # "auto" (patches x matrix on CPU, XLA's conv elsewhere), "xla",
       # "im2col": see vgg_jax/models/conv.py.  Same weights and numbers.
       conv_impl="auto",
+      # Max-pool output size: "floor" (VALID) or "ceil" (Caffe's; the
+      # released VGG weights' own); models/geometry.py.
+      pool_rounding="floor",
   ))
   c.data = input_pipeline.default_data_config(data_source)
   c.seed = 0

@@ -75,6 +75,7 @@ from typing import Any, Sequence
 
 import grain
 import ml_collections
+from ml_collections import config_dict
 import numpy as np
 
 from vgg_jax import conventions
@@ -129,6 +130,9 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
   c.image_channels = 3
   kind.configure(c)
   c.flip = True  # random horizontal flip (section 3.1)
+  # Training crops from the central S x S square only (Krizhevsky et al.'s
+  # AlexNet input); VGG crops from the whole rescaled image (section 3.1).
+  c.central_square = False
   # RGB covariance eigenvalues (0-1 scale) and eigenvectors (columns); see
   # `python -m vgg_jax.data stats` to compute them on your own data.
   c.pca_eigval = conventions.IMAGENET_PCA_EIGVAL
@@ -395,9 +399,9 @@ class EvalIterator(grain.DatasetIterator):
 
 
 def _eval_protocol_check(protocol):
-  if protocol not in ("centre", "center", "dense", "multicrop"):
+  if protocol not in ("centre", "center", "dense", "multicrop", "tencrop"):
     raise ValueError(f"unknown evaluation protocol {protocol!r}; expected "
-                     "'centre', 'dense' or 'multicrop'")
+                     "'centre', 'dense', 'multicrop' or 'tencrop'")
   return "centre" if protocol == "center" else protocol
 
 
@@ -502,6 +506,8 @@ class _EvalExample:
       return (self.crop, self.crop, c)
     if self.protocol == "multicrop":
       return (2 * self.grid * self.grid, self.crop, self.crop, c)
+    if self.protocol == "tencrop":
+      return (10, self.crop, self.crop, c)
     if self._shape is None:  # batched dense: needs one common size
       img = self._view(self.source.get(0)[0]) if self.source.prescaled else None
       self._shape = img.shape if img is not None else (self.scale, self.scale, c)
@@ -585,6 +591,7 @@ class _TrainExample:
     self.crop = int(data_cfg.crop_size)
     self.pad = int(data_cfg.train_pad)
     self.flip = bool(data_cfg.flip)
+    self.central_square = bool(data_cfg.get("central_square", False))
     self.pca_std = float(data_cfg.pca_std)
     self.eigval = np.asarray(data_cfg.pca_eigval, np.float64)
     self.eigvec = np.asarray(data_cfg.pca_eigvec, np.float64)
@@ -637,7 +644,8 @@ class _TrainExample:
     shape = preprocess.rescaled_jpeg_size(data, s)
     if shape is None:
       return None  # not a JPEG the fast path handles (reads it again: rare)
-    top, left = preprocess.random_crop_offsets(shape, self.crop, rng)
+    top, left = preprocess.random_crop_offsets(
+        shape, self.crop, rng, central_square=self.central_square)
     flip = self.flip and rng.random() < 0.5
     return data, top, left, flip, label, name
 
@@ -646,7 +654,8 @@ class _TrainExample:
     img = preprocess.rescale_shorter_side(img, s)
     if self.pad:
       img = np.pad(img, [(self.pad, self.pad), (self.pad, self.pad), (0, 0)])
-    img = preprocess.random_crop(img, self.crop, rng)
+    img = preprocess.random_crop(img, self.crop, rng,
+                                 central_square=self.central_square)
     if self.flip and rng.random() < 0.5:
       img = preprocess.horizontal_flip(img)
     return img, label

@@ -106,7 +106,8 @@ def load_model(path: str | os.PathLike, *, expect_name: str | None = None,
   train_scale = meta.get("train_scale", data.get("train_scale"))
   crop = crop_size or meta.get("crop_size") or data.get("crop_size")
   spec = net_spec(name, **{k: meta["model"][k] for k in
-                           ("width_mult", "fc_width", "head_window")
+                           ("width_mult", "fc_width", "head_window",
+                            "pool_rounding")
                            if meta["model"].get(k) is not None})
   if crop is None:  # the smallest input whose score map is 1x1
     crop = geometry.min_input_size(spec)

@@ -163,24 +163,36 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
   return img[top:top + size, left:left + size]
 
 
-def random_crop_offsets(shape, size: int,
-                        rng: np.random.Generator) -> tuple[int, int]:
+def random_crop_offsets(shape, size: int, rng: np.random.Generator, *,
+                        central_square: bool = False) -> tuple[int, int]:
   """(top, left) of a uniformly random size x size crop of an image of shape
-  (H, W, ...): the draws ``random_crop`` makes."""
+  (H, W, ...): the draws ``random_crop`` makes.
+
+  ``central_square``: the crop lies inside the central min(H, W) square
+  (placed as ``center_crop`` places it), as Krizhevsky et al. trained
+  AlexNet (random 224 crops of the central 256x256 square).
+  """
   h, w = shape[:2]
   if h < size or w < size:
     raise ValueError(
         f"cannot take a {size}x{size} crop from a {h}x{w} image; rescale it "
         f"so that its shorter side is >= {size} first")
+  top0 = left0 = 0
+  if central_square:
+    side = min(h, w)
+    top0, left0 = (h - side) // 2, (w - side) // 2
+    h = w = side
   top = int(rng.integers(0, h - size + 1))
   left = int(rng.integers(0, w - size + 1))
-  return top, left
+  return top0 + top, left0 + left
 
 
-def random_crop(img: np.ndarray, size: int,
-                rng: np.random.Generator) -> np.ndarray:
-  """A size x size crop at a uniformly random position."""
-  top, left = random_crop_offsets(img.shape, size, rng)
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator, *,
+                central_square: bool = False) -> np.ndarray:
+  """A size x size crop at a uniformly random position (inside the central
+  square with ``central_square``)."""
+  top, left = random_crop_offsets(img.shape, size, rng,
+                                  central_square=central_square)
   return img[top:top + size, left:left + size]
 
 
@@ -355,6 +367,23 @@ def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
   return np.stack([img[t:t + size, l:l + size] for t in tops for l in lefts])
 
 
+def ten_crops(img: np.ndarray, size: int = 224) -> np.ndarray:
+  """Krizhevsky et al.'s test patches (the AlexNet baseline, paper §4.5):
+  the central min(H, W) square of the image (256 x 256 for an image
+  rescaled to 256), then its four corner and its centre ``size`` crops, in
+  the order top-left, top-right, bottom-left, bottom-right, centre.
+  Returns (5, size, size, C); ``horizontal_flip`` gives the other five."""
+  square = center_crop(img, min(img.shape[:2]))
+  _check_crop(square, size)
+  s = square.shape[0]
+  corners = [square[t:t + size, l:l + size]
+             for t in (0, s - size) for l in (0, s - size)]
+  return np.stack(corners + [center_crop(square, size)])
+
+
+PROTOCOL_VIEWS = ("centre", "multicrop", "tencrop", "dense")
+
+
 def protocol_views(img: np.ndarray, protocol: str, crop: int, grid: int = 5,
                    *, flips: bool) -> np.ndarray:
   """The crops a test protocol takes of a rescaled image (paper §3.2).
@@ -362,18 +391,21 @@ def protocol_views(img: np.ndarray, protocol: str, crop: int, grid: int = 5,
   "centre": the central ``crop`` x ``crop`` crop, (1, crop, crop, C).
   "multicrop": the ``grid`` x ``grid`` crops, (grid^2, crop, crop, C), and
   with ``flips`` their mirror images after them (2 grid^2 crops).
+  "tencrop": AlexNet's test (``ten_crops``): 5 crops of the central square,
+  and with ``flips`` their mirror images after them (10 crops).
   "dense": the whole image.  The one place the views are cut (the input
   pipeline's batched views and the dense engine's batchers both call it).
   """
   if protocol == "centre":
     return center_crop(img, crop)[None]
-  if protocol == "multicrop":
-    crops = grid_crops(img, crop, grid)
+  if protocol in ("multicrop", "tencrop"):
+    crops = (grid_crops(img, crop, grid) if protocol == "multicrop"
+             else ten_crops(img, crop))
     return np.concatenate([crops, horizontal_flip(crops)]) if flips else crops
   if protocol == "dense":
     return img
-  raise ValueError(f"unknown protocol view {protocol!r}; expected 'centre', "
-                   "'multicrop' or 'dense'")
+  raise ValueError(f"unknown protocol view {protocol!r}; expected one of "
+                   f"{PROTOCOL_VIEWS}")
 
 
 def pca_shift_vector(rng: np.random.Generator, eigval, eigvec,

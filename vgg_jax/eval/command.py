@@ -35,6 +35,12 @@ def _parse_scales(text: str | None, loaded: LoadedModel) -> list[int]:
   return paper_scales(loaded.train_scale, single=text == "paper-single")
 
 
+def default_scales(protocol: str, scales: str) -> str:
+  """Krizhevsky's 10-crop test is one scale (the image rescaled to S):
+  'paper' means Q = S there."""
+  return "paper-single" if protocol == "tencrop" and scales == "paper" else scales
+
+
 def _data_config(args):
   cfg = data_lib.default_data_config(args.data)
   if args.data_name:
@@ -52,8 +58,9 @@ def build_parser():
   p = argparse.ArgumentParser(
       prog="python -m vgg_jax.evaluate",
       description="Top-1/top-5 error under the paper's test protocols "
-      "(§3.2): centre, dense, multicrop, dense+multicrop; several scales; "
-      "ensembles of several models.")
+      "(§3.2): centre, dense, multicrop, dense+multicrop; AlexNet's tencrop "
+      "(the 4 corner and centre crops of the central QxQ square and their "
+      "flips; use --scales 256); several scales; ensembles of several models.")
   p.add_argument("--model", action="append", default=[],
                  help="a training workdir or an imported-weights directory; "
                  "repeat for an ensemble")
@@ -182,7 +189,7 @@ def main(argv=None) -> dict[str, Any]:
                      dtype=None if args.dtype == "float32"
                      else jnp.dtype(args.dtype))
       check_compatible(m, info, data_desc=split_desc)
-      qs = check_scales(_parse_scales(args.scales, m), m.crop_size,
+      qs = check_scales(_parse_scales(default_scales(args.protocol, args.scales), m), m.crop_size,
                         f"{path}")
       loaded.append(m)
       scales_per_model.append(qs)

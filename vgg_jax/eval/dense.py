@@ -253,7 +253,8 @@ class CropBatcher:
     if not self.rows:
       return
     self.sink(self.rows, self.engine.crops(
-        np.stack(self.views), self.kind == "multicrop", self.batch_size))
+        np.stack(self.views), self.kind in ("multicrop", "tencrop"),
+        self.batch_size))
     self.views, self.rows = [], []
 
 
@@ -300,12 +301,13 @@ class DenseBatcher:
 
 def make_batcher(part: str, engine: DenseEngine, sink: Sink, *, crop: int,
                  grid: int, batch_size: int, bucket_step: int):
-  """The batcher of one protocol part: 'dense', 'centre' or 'multicrop'."""
+  """The batcher of one protocol part: 'dense', 'centre', 'multicrop' or
+  'tencrop'."""
   if part == "dense":
     return DenseBatcher(engine, sink, bucket_step=bucket_step,
                         batch_size=batch_size)
-  if part in ("centre", "multicrop"):
+  if part in ("centre", "multicrop", "tencrop"):
     return CropBatcher(engine, sink, kind=part, crop=crop, grid=grid,
                        batch_size=batch_size)
   raise ValueError(f"unknown protocol part {part!r}; expected 'dense', "
-                   "'centre' or 'multicrop'")
+                   "'centre', 'multicrop' or 'tencrop'")

@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 
 from vgg_jax import files
-PROTOCOLS = ("centre", "dense", "multicrop", "dense+multicrop")
+# "tencrop": Krizhevsky et al.'s 10-patch test (the AlexNet baseline).
+PROTOCOLS = ("centre", "dense", "multicrop", "dense+multicrop", "tencrop")
 # The views a protocol needs at every scale.
 PROTOCOL_PARTS = {"centre": ("centre",), "dense": ("dense",),
                   "multicrop": ("multicrop",),
-                  "dense+multicrop": ("dense", "multicrop")}
+                  "dense+multicrop": ("dense", "multicrop"),
+                  "tencrop": ("tencrop",)}
 
 
 def protocol_parts(protocol: str) -> tuple[str, ...]:

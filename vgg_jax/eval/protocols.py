@@ -51,7 +51,7 @@ def scale_posteriors(model, examples: Iterable[Mapping[str, Any]], *,
       ``input_pipeline.create_eval_iterator(..., batch=False)``.
     num_examples: N, the size of the split.
     convention: the model's InputConvention (applied on device).
-    parts: any of "centre", "dense", "multicrop".
+    parts: any of "centre", "dense", "multicrop", "tencrop".
     crop_size, grid: the crops (the model's training crop; 5x5 grid).
     batch_size: images per device batch (multicrop runs 2*grid^2 crops per
       image).
@@ -67,7 +67,7 @@ def scale_posteriors(model, examples: Iterable[Mapping[str, Any]], *,
      names (n,), labels (n,), failed {name: reason}) with n = min(N, limit),
     rows in split order, gathered from all processes.
   """
-  unknown = set(parts) - {"centre", "dense", "multicrop"}
+  unknown = set(parts) - {"centre", "dense", "multicrop", "tencrop"}
   if unknown:
     raise ValueError(f"unknown parts {sorted(unknown)}")
   n = num_examples if limit is None else min(num_examples, limit)

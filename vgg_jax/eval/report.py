@@ -14,7 +14,8 @@ from vgg_jax.eval.posteriors import SplitPosteriors, combine
 
 METHOD_NAMES = {"centre": "centre crop", "dense": "dense",
                 "multicrop": "multi-crop",
-                "dense+multicrop": "multi-crop & dense"}
+                "dense+multicrop": "multi-crop & dense",
+                "tencrop": "10-crop (AlexNet)"}
 
 
 def _fmt_scale(s) -> str:

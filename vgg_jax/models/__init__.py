@@ -27,7 +27,7 @@ from vgg_jax.models.lrn import local_response_norm
 from vgg_jax.models.geometry import (map_size, map_stride, min_input_size,
                                      output_size)
 from vgg_jax.models.heads import (ClassHead, DescriptorHead, LinearHead)
-from vgg_jax.models.table import (MODEL_NAMES, PAPER_NETS, NetSpec,
+from vgg_jax.models.table import (MODEL_NAMES, PAPER_NETS, POOL_ROUNDINGS, NetSpec,
                                   canonical_name, count_macs, count_params,
                                   net_spec)
 from vgg_jax.models.vgg import VGG
@@ -37,7 +37,7 @@ __all__ = [
     "INIT_SCHEMES", "NetSpec", "net_spec", "canonical_name", "count_params",
     "count_macs", "output_size", "init_from_a", "local_response_norm",
     "param_count", "map_size", "map_stride", "min_input_size", "ClassHead",
-    "DescriptorHead", "LinearHead", "model_kwargs_from_config", "model_runtime_kwargs",
+    "DescriptorHead", "LinearHead", "POOL_ROUNDINGS", "model_kwargs_from_config", "model_runtime_kwargs",
 ]
 
 
@@ -46,7 +46,8 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
                  head_window: int | None = None, init: str | None = None,
                  in_channels: int = 3, dtype: Any = None,
                  param_dtype: Any = jnp.float32,
-                 dropout_rate: float = 0.5, conv_impl: str = "auto") -> VGG:
+                 dropout_rate: float = 0.5, conv_impl: str = "auto",
+                 pool_rounding: str = "floor") -> VGG:
   """Build a net by name ('A' ... 'E', 'A-LRN', 'B-shallow', '*-BN', 'alexnet').
 
   Args:
@@ -64,9 +65,13 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
     conv_impl: 'xla' (lax.conv), 'im2col' (patches x matrix, faster on
       CPUs) or 'auto' (im2col on CPU, xla elsewhere).  Same weights, same
       results; only speed and memory differ (models/conv.py).
+    pool_rounding: 'floor' (VALID, the training default) or 'ceil' (Caffe's
+      pooling, a partial window at the edge; what the released VGG weights
+      were trained and evaluated with).  Same weights; only the pooled sizes
+      differ, and only where (side - window) is not a multiple of the stride.
   """
   spec = net_spec(name, width_mult=width_mult, fc_width=fc_width,
-                  head_window=head_window)
+                  head_window=head_window, pool_rounding=pool_rounding)
   if init is None:
     init = "alexnet" if spec.name == "alexnet" else "paper"
   if num_classes < 1:
@@ -90,6 +95,10 @@ def model_kwargs_from_config(model_cfg, *, num_classes: int,
             in_channels=in_channels)
   if model_cfg.get("head_window") is not None:
     kw["head_window"] = model_cfg.head_window
+  # Stored only when not the default, so older checkpoints' metadata (which
+  # has no such key) still means floor.
+  if model_cfg.get("pool_rounding", "floor") != "floor":
+    kw["pool_rounding"] = model_cfg.pool_rounding
   return kw
 
 

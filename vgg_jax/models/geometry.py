@@ -7,9 +7,13 @@ size, heat maps, and Appendix A's box placement all call these).  The
 functions take Python ints or integer jnp arrays alike (floor division),
 so the same code tracks per-image valid sizes inside a jitted function.
 
-Pooling is VALID (floor), as in ``models/vgg.py``: an input of side H gives
-a VGG score map of side floor(H/32) - 6 (paper §3.2: the fully-convolutional
-net on the rescaled image).
+Pooling rounds down by default (VALID): an input of side H gives a VGG
+score map of side floor(H/32) - 6 (paper §3.2: the fully-convolutional net
+on the rescaled image).  ``pool_rounding="ceil"`` is Caffe's pooling, in
+which the released VGG weights were trained and densely evaluated: the
+output side is ceil((H - k) / s) + 1, the last window hanging over the
+edge (the max is over its part inside); at H = 224 both agree, at most
+dense test sizes they do not.
 """
 
 from __future__ import annotations
@@ -24,9 +28,24 @@ def conv_out(size, conv):
   return size
 
 
+def pooled_side(size, window: int, stride: int, rounding: str = "floor"):
+  """Output side of a ``window``/``stride`` max-pool over ``size`` inputs:
+  floor((size - window) / stride) + 1, or with ``rounding="ceil"`` (Caffe)
+  ceil((size - window) / stride) + 1.  (Caffe's extra rule, dropping a last
+  window that starts in the padding, never applies: pools are unpadded and
+  window >= stride.)"""
+  if rounding == "ceil":
+    return -((window - size) // stride) + 1  # ceil by negated floor
+  if rounding != "floor":
+    raise ValueError(f"pool rounding must be 'floor' or 'ceil', got "
+                     f"{rounding!r}")
+  return (size - window) // stride + 1
+
+
 def pool_out(size, spec):
-  """Output side of the net's max-pool (VALID, floor)."""
-  return (size - spec.pool_window) // spec.pool_stride + 1
+  """Output side of the net's max-pool (floor or ceil: ``spec.pool_rounding``)."""
+  return pooled_side(size, spec.pool_window, spec.pool_stride,
+                     spec.pool_rounding)
 
 
 def layer_sizes(spec, size) -> Iterator[tuple]:

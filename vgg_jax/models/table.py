@@ -66,6 +66,10 @@ class NetSpec:
   head_window: int = 7  # FC1 is a head_window x head_window VALID conv
   fc_width: int = 4096
   batch_norm: bool = False
+  # Max-pool output size: "floor" (VALID; this code's training default) or
+  # "ceil" (Caffe's, in which the released VGG weights were trained and
+  # densely evaluated: a partial window at the bottom/right edge).
+  pool_rounding: str = "floor"
 
   @property
   def weight_layers(self) -> int:
@@ -90,9 +94,22 @@ def canonical_name(name: str) -> str:
       f"or an alias {sorted(ALIASES)}")
 
 
+POOL_ROUNDINGS = ("floor", "ceil")
+
+
 def net_spec(name: str, *, width_mult: float = 1.0, fc_width: int = 4096,
-             head_window: int | None = None) -> NetSpec:
+             head_window: int | None = None,
+             pool_rounding: str = "floor") -> NetSpec:
   """The layer list of ``name`` with widths scaled by ``width_mult``."""
+  if pool_rounding not in POOL_ROUNDINGS:
+    raise ValueError(f"pool_rounding must be one of {POOL_ROUNDINGS} "
+                     f"(\"ceil\" is Caffe's), got {pool_rounding!r}")
+  return dataclasses.replace(
+      _net_spec(name, width_mult=width_mult, fc_width=fc_width,
+                head_window=head_window), pool_rounding=pool_rounding)
+
+
+def _net_spec(name, *, width_mult, fc_width, head_window) -> NetSpec:
   name = canonical_name(name)
   if width_mult <= 0:
     raise ValueError(f"width_mult must be positive, got {width_mult}")

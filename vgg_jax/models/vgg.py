@@ -7,9 +7,11 @@ convolution (7x7 for 224 inputs), FC2 and FC3 as 1x1 convolutions.  On a
 is exactly the paper's FC net; on a larger image the same weights slide over
 the feature map and give a class score map (the "fully-convolutional net").
 
-Pooling uses floor arithmetic (VALID 2x2/2): an input of side H gives a score
-map of side floor(H/32) - 6.  Caffe's pooling rounds up; the two agree only on
-sides that are multiples of 32 (not the long side of most test images at Q).
+Pooling uses floor arithmetic by default (VALID 2x2/2): an input of side H
+gives a score map of side floor(H/32) - 6.  Caffe's pooling rounds up
+(``pool_rounding="ceil"``, models/geometry.py): the two agree on sides that are
+multiples of 32 (224, and the short side at Q when Q is one), not on the long side
+of most test images, whose aspect ratio is arbitrary.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from vgg_jax.models.lrn import local_response_norm
 from vgg_jax.models.table import NetSpec
 
 
-def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """Max-pool, VALID (floor).
+def max_pool(x: jax.Array, window: int, stride: int,
+             rounding: str = "floor") -> jax.Array:
+  """Max-pool, VALID (floor), or Caffe's ceil rounding (``rounding="ceil"``).
+
+  Ceil pads the bottom/right edge with -inf up to the last (partial)
+  window, so its max is over the part inside the input, as in Caffe.
 
   Non-overlapping 2x2/2 pools (VGG's) are the elementwise max of four
   strided views: the same values, and a backward pass that is elementwise
@@ -37,6 +43,11 @@ def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
   keep the batch axis's sharding under any mesh.  Other pools (AlexNet's
   overlapping 3x3/2) use reduce_window.
   """
+  if rounding == "ceil":
+    pad = [(geometry.pooled_side(n, window, stride, "ceil") - 1) * stride
+           + window - n for n in x.shape[1:3]]
+    x = jnp.pad(x, ((0, 0), (0, max(pad[0], 0)), (0, max(pad[1], 0)),
+                    (0, 0)), constant_values=-jnp.inf)
   if not window == stride == 2:
     return nnx.max_pool(x, (window, window), strides=(stride, stride),
                         padding="VALID")
@@ -152,9 +163,17 @@ class VGG(nnx.Module):
       if c.lrn_after:
         x = local_response_norm(x)
       if c.pool_after:
-        x = max_pool(x, self.spec.pool_window, self.spec.pool_stride)
+        if masked and self.spec.pool_rounding == "ceil":
+          # A partial window at an image's edge must not see the canvas
+          # beyond it: only its part inside counts (Caffe's ceil pooling).
+          keep = valid_positions(x.shape[1:3], h, w)
+          x = jnp.where(keep[..., None], x, jnp.array(-jnp.inf, x.dtype))
+        x = max_pool(x, self.spec.pool_window, self.spec.pool_stride,
+                     self.spec.pool_rounding)
         if masked:
           h, w = geometry.pool_out(h, self.spec), geometry.pool_out(w, self.spec)
+          if self.spec.pool_rounding == "ceil":  # no -inf left for the head
+            x = zero_outside(x, h, w)
     if masked:
       return x, jnp.stack([h, w], axis=1)
     return x
@@ -200,7 +219,8 @@ class VGG(nnx.Module):
   def score_map(self, x: jax.Array, *, train: bool = False,
                 rngs: nnx.Rngs | None = None,
                 valid_hw: jax.Array | None = None):
-    """Class score map (N, h, w, num_classes), h = floor(H/32) - 6 for VGG."""
+    """Class score map (N, h, w, num_classes), h = floor(H/32) - 6 for VGG
+    (ceil(H/32) - 6 with Caffe's pooling)."""
     return self.output_map(x, train=train, rngs=rngs, valid_hw=valid_hw)
 
   def __call__(self, x: jax.Array, *, train: bool = False,

@@ -199,7 +199,9 @@ def convert_torchvision(state: Mapping[str, np.ndarray], *,
       IMPORTABLE,
       lambda n: _expected_torch_shapes(_spec_for(n, kwargs), kwargs),
       state, requested, f"the tensors of {what}")
-  kwargs = dict(name=name, **kwargs)
+  # torchvision's nn.MaxPool2d rounds down (ceil_mode=False), as ours does
+  # by default: recorded so evaluation pools as the weights were trained.
+  kwargs = dict(name=name, **kwargs, pool_rounding="floor")
   ours = {}
   for key, (path, role) in _torch_layout(_spec_for(name, kwargs)).items():
     if role == "ignore":
@@ -333,4 +335,6 @@ def convert_keras(layers: Mapping[str, list[np.ndarray]], *,
     return expected_tensors(dict(kwargs, name=name))
   name = _pick_net([n for n in IMPORTABLE if not n.endswith("-BN")],
                    expected, ours, requested, f"the layers of {what}")
-  return dict(name=name, **kwargs), ours
+  # Keras' VGG files are the authors' Caffe weights, trained and densely
+  # evaluated with Caffe's ceil pooling: evaluation uses the same.
+  return dict(name=name, **kwargs, pool_rounding="ceil"), ours

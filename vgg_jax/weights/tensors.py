@@ -17,7 +17,7 @@ from vgg_jax.weights.errors import WeightsError, natural_key, short_list
 
 # The keyword arguments of create_model that fix the shapes of the weights.
 MODEL_KWARGS = ("name", "num_classes", "width_mult", "fc_width", "head_window",
-                "in_channels")
+                "in_channels", "pool_rounding")
 
 
 def check_model_kwargs(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
