@@ -13,6 +13,7 @@ check of the Appendix A pipeline (docs/localisation.md has the results and
 ``experiments/localisation/run_synth.py`` runs everything).
 """
 
+import vgg_jax.localisation  # noqa: F401  (registers task, source, evaluator)
 from vgg_jax import configs as common
 
 SYNTH_NET = dict(name="A", width_mult=0.25, fc_width=256, head_window=1,
