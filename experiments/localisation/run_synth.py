@@ -99,12 +99,16 @@ def main(argv=None):
                  help="fewer images and epochs (a smoke run, minutes)")
   p.add_argument("--classifier", default=None,
                  help="reuse a trained classifier workdir")
+  p.add_argument("--loc-lr", type=float, default=1e-3,
+                 help="localisers' lr (Appendix A.1: 1e-3)")
+  p.add_argument("--loc-epochs", type=float, default=None)
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   w = pathlib.Path(args.workdir)
   n_train, n_val, n_held = (600, 200, 150) if args.quick else (2000, 500, 300)
   cls_epochs, loc_epochs = (6, 6) if args.quick else (15, 10)
-  settings = dict(quick=args.quick, train_images=n_train, val_images=n_val,
+  loc_epochs = args.loc_epochs or loc_epochs
+  settings = dict(quick=args.quick, loc_lr=args.loc_lr, train_images=n_train, val_images=n_val,
                   heldout_images=n_held, classifier_epochs=cls_epochs,
                   localiser_epochs=loc_epochs, scales=SCALES)
   t0 = time.time()
@@ -141,7 +145,7 @@ def main(argv=None):
       loc_dir = w / key
       results["training"][key] = _train(loc_cfg.get_config(f"{reg},{layers}"),
                                         loc_dir, data, loc_epochs,
-                                        init_from=cls_dir)
+                                        init_from=cls_dir, lr=args.loc_lr)
       m = load_model(loc_dir)
       norm = "crop_fraction"
       p1 = loc_eval.evaluate_centre_gt(
