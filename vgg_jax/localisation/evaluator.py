@@ -154,6 +154,26 @@ def centre_gt_boxes(model, data_cfg, *, convention, split, scale: int,
   return _gather(preds), _gather(failed)
 
 
+def position_boxes(box_map, valid_hw, resized_hw, stored_hw, classes,
+                   class_scores, *, window: int, stride: int,
+                   normalisation: str):
+  """One image's box map -> (boxes (N, 4) in stored pixels, scores, classes):
+  position (i, j) sees the window at (i * stride, j * stride) of the
+  rescaled image; one box per valid position and class in ``classes``,
+  scored by ``class_scores[class]``."""
+  hm, wm = int(valid_hw[0]), int(valid_hw[1])
+  ii, jj = np.meshgrid(np.arange(hm), np.arange(wm), indexing="ij")
+  offs = np.stack([jj, ii, jj, ii], -1).reshape(-1, 4) * stride
+  bs, ss, cs = [np.zeros((0, 4))], [np.zeros(0)], [np.zeros(0, np.int64)]
+  for c in classes:
+    t = class_boxes(np.asarray(box_map)[:hm, :wm], c).reshape(-1, 4)
+    b = boxes_lib.decode(t, (window, window), normalisation) + offs
+    bs.append(boxes_lib.rescale(b, resized_hw, stored_hw))
+    ss.append(np.full(len(b), class_scores[c]))
+    cs.append(np.full(len(b), c))
+  return np.concatenate(bs), np.concatenate(ss), np.concatenate(cs)
+
+
 def dense_boxes(model, data_cfg, *, convention, split, scale: int,
                 normalisation: str, top_classes: dict, class_scores: dict,
                 stored_hw: dict, batch_size: int = 8, bucket_step: int = 32,
@@ -167,19 +187,11 @@ def dense_boxes(model, data_cfg, *, convention, split, scale: int,
 
   def sink(rows, values):
     for name, m, hw in zip(rows, values["map"], values["hw"]):
-      hm, wm = int(hw[0]), int(hw[1])
-      ii, jj = np.meshgrid(np.arange(hm), np.arange(wm), indexing="ij")
-      offs = np.stack([jj, ii, jj, ii], -1).reshape(-1, 4) * stride
-      resized_hw = geo[name]
-      bs, ss, cs = [], [], []
-      for c in top_classes[name]:
-        t = class_boxes(m[:hm, :wm], c).reshape(-1, 4)
-        b = boxes_lib.decode(t, (window, window), normalisation) + offs
-        bs.append(boxes_lib.rescale(b, resized_hw, stored_hw[name]))
-        ss.append(np.full(len(b), class_scores[name][c]))
-        cs.append(np.full(len(b), c))
-      out[name] = (np.concatenate(bs).tolist(), np.concatenate(ss).tolist(),
-                   np.concatenate(cs).tolist())
+      b, sc, c = position_boxes(
+          m, hw, geo[name], stored_hw[name], top_classes[name],
+          class_scores[name], window=window, stride=stride,
+          normalisation=normalisation)
+      out[name] = (b.tolist(), sc.tolist(), c.tolist())
 
   batcher = dense_lib.DenseBatcher(engine, sink, bucket_step=bucket_step,
                                    batch_size=batch_size, flips=False)
