@@ -156,3 +156,48 @@ def test_command_end_to_end(data, tmp_path):
                        "--model", str(tmp_path / "loc"), "--data-dir",
                        str(data), "--scales", "40", "--normalisation",
                        "crop_fraction", "--output", str(out / "p3")])
+
+
+def test_prepare_loc_folder_cli_matches_the_records(data, tmp_path):
+  from vgg_jax.data import __main__ as data_main  # pylint: disable=g-import-not-at-top
+  from vgg_jax.data import loc_records
+  import shutil
+  d = tmp_path / "copy"
+  shutil.copytree(data, d, ignore=shutil.ignore_patterns("*.array_record",
+                                                         "*.log.json"))
+  assert data_main.main(["prepare", "loc_folder", "--data_dir", str(d)]) == 0
+  for split in ("train", "validation"):
+    a = loc_records.LocRecordSource(d / f"{split}.array_record")
+    b = loc_records.LocRecordSource(data / f"{split}.array_record")
+    assert len(a) == len(b) > 0
+    for i in range(len(a)):
+      assert a[i]["image_id"] == b[i]["image_id"]
+      np.testing.assert_array_equal(a[i]["boxes"], b[i]["boxes"])
+
+
+def test_picture_draws_the_merged_boxes(data, tmp_path):
+  from PIL import Image
+  from vgg_jax.localisation import predict as loc_predict
+  names = list(synth.CLASS_NAMES)
+  loc = constant_box_model(np.array([0.5, 0.5, 0.5, 0.5]))
+  save_pretrained(tmp_path / "loc", loc, model_kwargs={**KW, "num_classes": 4},
+                  input_convention=CONV, source="test")
+  cls = create_model(num_classes=10, init="he", rngs=nnx.Rngs(2), **KW)
+  save_pretrained(tmp_path / "cls", cls, model_kwargs={**KW, "num_classes": 10},
+                  input_convention=CONV, source="test", class_names=names)
+  img = sorted((data / "validation").glob("*/*.jpg"))[0]
+  out = tmp_path / "boxes.png"
+  assert loc_predict.main([str(img), "--model", str(tmp_path / "loc"),
+                           "--classifier", str(tmp_path / "cls"),
+                           "--scales", "32", "--normalisation",
+                           "crop_fraction", "--top", "2",
+                           "--boxes", str(out)]) == 0
+  pic = np.asarray(Image.open(out))
+  orig = np.asarray(Image.open(img).convert("RGB"))
+  assert pic.shape == orig.shape
+  # The single-position map at Q=32 on a 50x50 image: one box, the centre
+  # half of the 32 window, mapped back (x 50/32): pixels 12.5..37.5; the
+  # drawn outline changes pixels on its edge and nowhere far outside it.
+  changed = np.any(pic != orig, axis=-1)
+  assert changed[20, 12:14].any() and changed[20, 36:39].any()
+  assert not changed[45:, :].any()
