@@ -16,10 +16,8 @@ Batches are a function of (seed, batch number) only, like the other sources
 ``default_rng([seed, k, j])``): deterministic and resumable.  An undecodable
 image is skipped, counted in ``num_skipped`` and its slot refilled.
 
-Config (``config.localisation``): ``normalisation``, ``min_visible``,
-``multi_box`` are read from ``data`` (``data.box_normalisation``,
-``data.min_visible``, ``data.multi_box``) so the source needs only its data
-config.
+The box options live in the data config (``data.box_normalisation``,
+``data.min_visible``, ``data.multi_box``) so the source needs only it.
 """
 
 from __future__ import annotations
