@@ -855,3 +855,10 @@ class _FashionMnist(DataSource):
 
   def eval_source(self, data_cfg, split, scale):
     return readers.FashionMnistEvalSource(data_cfg, split, scale)
+
+
+# Public names for sources registered from other packages (Appendix A's
+# vgg_jax/localisation/source.py).
+train_scale_range = _train_scale_range
+derived_seed = _derived_seed
+read_options = _read_options

@@ -46,7 +46,7 @@ def get_task(config) -> "Task":
   name = config.get("task", None) or "classification"
   if name not in _TASKS:
     raise ValueError(f"unknown task {name!r}; expected one of {task_names()}")
-  return _TASKS[name]()
+  return _TASKS[name].from_config(config)
 
 
 class Task:
@@ -75,6 +75,16 @@ class Task:
           "give them in the task's example_specs")
     return {k: ((batch_size, *specs[k][0]), specs[k][1])
             for k in self.batch_keys}
+
+  @classmethod
+  def from_config(cls, config) -> "Task":
+    del config
+    return cls()
+
+  def adapt_model_kwargs(self, kwargs: dict) -> dict:
+    """The net's architecture arguments for this task (e.g. a box head's
+    output count in place of the class count)."""
+    return kwargs
 
   def loss(self, model: nnx.Module, batch: Mapping[str, jax.Array], *,
            rngs: nnx.Rngs) -> tuple[jax.Array, Any]:

@@ -163,9 +163,10 @@ def check_workdir_config(config, workdir: pathlib.Path, *,
 
 def model_kwargs(config, info) -> dict:
   """The net's architecture arguments (models.model_kwargs_from_config)."""
-  return models_lib.model_kwargs_from_config(
-      config.model, num_classes=info.num_classes,
-      in_channels=info.image_channels)
+  return tasks_lib.get_task(config).adapt_model_kwargs(
+      models_lib.model_kwargs_from_config(
+          config.model, num_classes=info.num_classes,
+          in_channels=info.image_channels))
 
 
 def compute_dtype(config):

@@ -14,6 +14,34 @@ from vgg_jax.data import prepare
 from vgg_jax.data import stats
 
 
+def _prepare_loc(args) -> dict:
+  """Appendix A's box records: the ILSVRC-2012 tars (imagenet2012_loc) or a
+  VOC folder DATA_DIR/<split>/<class>/x.jpg + x.xml (loc_folder)."""
+  from vgg_jax.data import loc_records  # pylint: disable=g-import-not-at-top
+  if not args.data_dir:
+    raise ValueError(f"prepare {args.name} needs --data_dir")
+  if args.name == "imagenet2012_loc":
+    if not args.manual_dir:
+      raise ValueError("prepare imagenet2012_loc needs --manual_dir (the "
+                       "image tars and the bbox tars)")
+    result = loc_records.prepare_imagenet2012_loc(args.manual_dir,
+                                                  args.data_dir)
+  else:
+    index = json.loads(pathlib.Path(
+        args.class_index or pathlib.Path(args.data_dir) / "class_index.json"
+    ).read_text())
+    names = sorted(index, key=index.get)
+    result = {}
+    for split in ("train", "validation"):
+      if (pathlib.Path(args.data_dir) / split).is_dir():
+        plog = loc_records.PrepareLog()
+        result[split] = loc_records.prepare_split(
+            loc_records.iter_voc_folder(args.data_dir, split, names, plog),
+            args.data_dir, split, plog)
+  return {k: {"records": v["records"], "counts": v["counts"]}
+          for k, v in result.items()}
+
+
 def _parser():
   p = argparse.ArgumentParser(prog="python -m vgg_jax.data",
                               description=__doc__)
@@ -21,7 +49,10 @@ def _parser():
   pp = sub.add_parser(
       "prepare", help="build a TFDS dataset as ArrayRecord, or index a folder",
       description="NAME: a TFDS dataset (imagenet2012 needs --manual_dir with "
-      "the ILSVRC-2012 tars) or 'folder' (DATA_DIR/<split>/<class>/<images>).")
+      "the ILSVRC-2012 tars), 'folder' (DATA_DIR/<split>/<class>/<images>), "
+      "'imagenet2012_loc' (--manual_dir with the image and bbox tars: "
+      "localisation records, Appendix A) or 'loc_folder' (DATA_DIR/<split>/"
+      "<class>/x.jpg + x.xml and DATA_DIR/class_index.json -> records).")
   pp.add_argument("name")
   pp.add_argument("--data_dir", default=None,
                   help="TFDS data_dir, or the folder root for 'folder'")
@@ -54,7 +85,9 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     if args.command == "prepare":
-      if args.name == "folder":
+      if args.name in ("imagenet2012_loc", "loc_folder"):
+        result = _prepare_loc(args)
+      elif args.name == "folder":
         if not args.data_dir:
           raise ValueError("prepare folder needs --data_dir")
         result = prepare.prepare_folder(

@@ -8,6 +8,7 @@ dense engine), the table from ``eval/report``.
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 from typing import Any
 
@@ -54,13 +55,16 @@ def _data_config(args):
 
 
 def build_parser():
-  import argparse
   p = argparse.ArgumentParser(
       prog="python -m vgg_jax.evaluate",
       description="Top-1/top-5 error under the paper's test protocols "
       "(§3.2): centre, dense, multicrop, dense+multicrop; AlexNet's tencrop "
       "(the 4 corner and centre crops of the central QxQ square and their "
       "flips; use --scales 256); several scales; ensembles of several models.")
+  p.add_argument("--task", default="classification",
+                 choices=("classification", "localisation"),
+                 help="localisation: Appendix A's protocols (see `--task "
+                 "localisation --help`)")
   p.add_argument("--model", action="append", default=[],
                  help="a training workdir or an imported-weights directory; "
                  "repeat for an ensemble")
@@ -111,6 +115,12 @@ def build_parser():
   return p
 
 
+def _task_of(argv) -> str:
+  p = argparse.ArgumentParser(add_help=False)
+  p.add_argument("--task", default="classification")
+  return p.parse_known_args(argv)[0].task
+
+
 def load_config_file(spec: str):
   """``FILE.py[:ARG]`` -> ``get_config(ARG)`` of that file (as main.py's
   --config, without its flag machinery)."""
@@ -151,6 +161,11 @@ def run_config_evals(args) -> dict[str, Any]:
 
 
 def main(argv=None) -> dict[str, Any]:
+  import sys  # pylint: disable=g-import-not-at-top
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if _task_of(argv) == "localisation":  # Appendix A: its own options
+    from vgg_jax.localisation import command as loc_command  # pylint: disable=g-import-not-at-top
+    return loc_command.main(argv)
   args = build_parser().parse_args(argv)
   if args.config:
     if not args.model:
