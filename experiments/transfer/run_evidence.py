@@ -33,6 +33,7 @@ import time
 from vgg_jax.data import transfer_sets
 from vgg_jax.transfer import __main__ as cli
 from vgg_jax.transfer import pixels
+from vgg_jax.transfer import store
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIGIT_SCALES = {"single": "32", "average": "32,48,64", "stack": "32,48,64"}
@@ -148,8 +149,8 @@ def main(argv=None):
   text = "\n".join(table) + "\n"
   info = {"trained_net": trained, "canvas_images_per_split": args.canvas,
           "rows": summary, "wall_s": time.time() - t0}
-  cli.store.atomic_write_json(w / "evidence.json", info)
-  cli.store.atomic_write_text(w / "evidence.md", text)
+  store.atomic_write_json(w / "evidence.json", info)
+  store.atomic_write_text(w / "evidence.md", text)
   print(text)
   return info
 
