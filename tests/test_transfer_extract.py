@@ -83,10 +83,9 @@ def _reference(models, img, scales, aggregation):
       x = preprocess.rescale_shorter_side(img, q).astype(np.float32)
       x = (x / 255 - np.array([0.4, 0.45, 0.5])) / np.array([0.22, 0.23, 0.24])
       x = x[None].astype(np.float32)
-      d = np.asarray(model.penultimate(x)).mean(axis=(0, 1, 2))
-      d_flip = np.asarray(model.penultimate(x[:, :, ::-1])).mean(
-          axis=(0, 1, 2))
-      per_q.append((d + d_flip) / 2)
+      # The image and its mirror image, each alone (no canvas, no mask).
+      both = np.asarray(model.penultimate(np.concatenate([x, x[:, :, ::-1]])))
+      per_q.append(both.mean(axis=(1, 2)).mean(axis=0))
     v = (np.mean(per_q, axis=0) if aggregation == "average"
          else np.concatenate(per_q))
     per_net.append(v / np.linalg.norm(v))
