@@ -17,14 +17,24 @@ R/predictions_split<s>.npz (caltech: names, label, predicted), atomically.
   # vgg_jax.data.transfer_sets.
   python -m vgg_jax.transfer pixels --set S --splits trainval,test \
       --side 16 --output F
-  The ``extract``
-subcommand (descriptors from a net through the dense engine) is not here
-yet: docs/transfer.md, TODO.
+
+  # Descriptors of a net (workdir or imported weights) through the dense
+  # engine: several Q averaged or stacked, flips, L2, nets stacked (D & E).
+  python -m vgg_jax.transfer extract --model D_DIR --model E_DIR \
+      --kind tfds:voc/2007 --root DATA_DIR --splits trainval,test \
+      --preset voc2007_de --output F
+  python -m vgg_jax.transfer extract --model W --kind set --root S \
+      --splits all --scales 32,48,64 --aggregation stack --output F
+  Resumable: rerun the same command after an interruption.
+  python -m vgg_jax.transfer presets    # Tables 11-12 columns and commands
+
+``python -m vgg_jax.features`` is the same command (the issue's name).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import pathlib
@@ -32,7 +42,11 @@ import sys
 
 import numpy as np
 
+from vgg_jax.transfer import descriptor
+from vgg_jax.transfer import extract
 from vgg_jax.transfer import pixels
+from vgg_jax.transfer import presets
+from vgg_jax.transfer import sources
 from vgg_jax.transfer import store
 from vgg_jax.transfer import svm
 
@@ -77,6 +91,37 @@ def _parser():
   px.add_argument("--output", required=True, help="descriptor folder")
   px.add_argument("--side", type=int, default=16)
   px.add_argument("--mode", choices=("L", "RGB"), default="L")
+  ex = sub.add_parser("extract", help="descriptors of a net through the "
+                      "dense engine (Appendix B), resumable")
+  ex.add_argument("--model", action="append", required=True,
+                  help="model directory (training workdir or imported "
+                  "weights); repeat for several nets, stacked in order")
+  ex.add_argument("--names", default=None,
+                  help="comma-separated net names (default: the nets' own)")
+  ex.add_argument("--kind", default="set",
+                  help="image set reader: " + ", ".join(
+                      sources.reader_names()))
+  ex.add_argument("--root", required=True,
+                  help="image set root (TFDS: its data_dir)")
+  ex.add_argument("--splits", default=None, help="comma-separated")
+  ex.add_argument("--output", required=True, help="descriptor folder")
+  ex.add_argument("--preset", default=None,
+                  help="a Table 11/12 column (see the presets command): "
+                  "its scales, aggregation, box and splits")
+  ex.add_argument("--scales", default=None,
+                  help="comma-separated Q values (default: the preset's)")
+  ex.add_argument("--aggregation", choices=descriptor.AGGREGATIONS,
+                  default=None)
+  ex.add_argument("--box", action="store_true",
+                  help="VOC action: whole image and person box, stacked")
+  ex.add_argument("--no_flip", action="store_true")
+  ex.add_argument("--renormalise", action="store_true",
+                  help="L2-normalise again after stacking several nets")
+  ex.add_argument("--batch_size", type=int, default=8)
+  ex.add_argument("--chunk_size", type=int, default=256,
+                  help="images per resumable chunk")
+  ex.add_argument("--bucket_step", type=int, default=32)
+  sub.add_parser("presets", help="the Table 11/12 presets")
   cal = modes.choices["caltech"]
   cal.add_argument("--splits", default="all",
                    help="comma-separated stored splits pooled into one set "
@@ -206,8 +251,62 @@ def results_markdown(res: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def extract_spec(args):
+  """The descriptor settings and splits of an extract command."""
+  preset = presets.get_preset(args.preset) if args.preset else None
+  base = preset.spec if preset else descriptor.DescriptorSpec()
+  names = ([n for n in args.names.split(",") if n] if args.names else None)
+  fields = {}
+  if args.scales:
+    fields["scales"] = tuple(int(q) for q in args.scales.split(",") if q)
+  if args.aggregation:
+    fields["aggregation"] = args.aggregation
+  if args.box:
+    fields["box"] = True
+  if args.no_flip:
+    fields["flip"] = False
+  if args.renormalise:
+    fields["renormalise"] = True
+  splits = ([s for s in args.splits.split(",") if s] if args.splits else
+            list(preset.splits) if preset else None)
+  if not splits:
+    raise SystemExit("give --splits (or a --preset)")
+  return dataclasses.replace(base, **fields), splits, names
+
+
+def run_extract(args) -> dict:
+  spec, splits, names = extract_spec(args)
+  nets = extract.load_nets(args.model, names)
+  spec = dataclasses.replace(spec, nets=tuple(n.name for n in nets))
+  if args.preset and len(nets) != len(presets.get_preset(args.preset)
+                                       .spec.nets):
+    print(f"note: preset {args.preset} fuses "
+          f"{len(presets.get_preset(args.preset).spec.nets)} nets, "
+          f"{len(nets)} given", file=sys.stderr)
+  written = []
+  for split in splits:
+    images = sources.read_images(args.kind, args.root, split)
+    written.append(str(extract.extract_split(
+        images, split, args.output, nets, spec, batch_size=args.batch_size,
+        bucket_step=args.bucket_step, chunk_size=args.chunk_size)))
+  print("\n".join(written))
+  return {"written": written, "spec": spec.to_json()}
+
+
 def main(argv=None) -> dict:
   args = _parser().parse_args(argv)
+  if args.command == "presets":
+    for p in presets.PRESETS.values():
+      print(f"{p.name}: {p.doc}\n  extract --preset {p.name} --kind {p.kind} "
+            f"--splits {','.join(p.splits)} --model D_DIR"
+            + (" --model E_DIR" if len(p.spec.nets) > 1 else "")
+            + f" ...\n  svm {p.protocol} {' '.join(p.svm_args)} ...\n")
+    return {"presets": sorted(presets.PRESETS)}
+  if args.command == "extract":
+    try:
+      return run_extract(args)
+    except (FileNotFoundError, ValueError, store.SettingsMismatch) as e:
+      raise SystemExit(f"error: {e}") from None
   if args.command == "pixels":
     try:
       written = [str(pixels.write_pixel_split(args.set_root, s, args.output,
