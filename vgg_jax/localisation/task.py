@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vgg_jax import tasks
 
@@ -72,6 +73,9 @@ class BoxRegression(tasks.Task):
   """Euclidean loss on the ground-truth class's box (Appendix A.1)."""
 
   batch_keys = ("image", "box", "box_valid", "label")
+  # box_valid: 1 where the crop keeps >= 50% of a box of the image's class
+  # (the source's crop_target); shapes for compiling without data (aot.py).
+  example_specs = {**tasks.Task.example_specs, "box_valid": ((), np.int32)}
 
   def __init__(self, regression: str = "scr",
                normalisation: str = "crop_fraction"):
