@@ -112,6 +112,42 @@ def test_thread_calls_on_hang_and_stops_when_beaten():
   assert dog.fired and "waiting for a step" in fired[0]
 
 
+def test_an_evaluation_longer_than_the_limit_is_not_taken_for_a_hang():
+  """A whole validation split takes far longer than a step: evaluation beats
+  the running loop's watchdog per batch, so only a batch that never comes
+  (not a long split) reaches the limit."""
+  import numpy as np
+  from flax import nnx
+  from vgg_jax.eval.classifier import evaluate_classifier
+  from vgg_jax.models import create_model
+  clock = FakeClock()
+  fired = []
+  dog = watchdog.Watchdog(None, floor_s=300.0, factor=10.0, clock=clock,
+                          on_hang=fired.append)
+  model = create_model("A", num_classes=10, width_mult=0.0625, fc_width=16,
+                       head_window=1, in_channels=1, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+
+  def batches():  # each batch "takes" 200 s: 1,200 s in all, limit 300 s
+    for _ in range(6):
+      clock.t += 200.0
+      yield {"image": rng.normal(size=(4, 32, 32, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, 4), "mask": np.ones(4, np.int32)}
+
+  with dog:
+    dog.beat("step 1")
+    clock.t += 1.0
+    dog.beat("evaluation at step 1")  # slowest gap 1 s: the limit is 300 s
+    res = evaluate_classifier(model, batches())
+    assert res["num_examples"] == 24
+    assert dog.check() is None
+    # Then nothing for longer than the (adaptive) limit: a hang.
+    clock.t += dog.limit() + 1.0
+    assert "no training progress" in (dog.check() or "")
+  assert watchdog._active is None  # pylint: disable=protected-access
+  watchdog.heartbeat("outside a loop: nothing to beat")  # a no-op
+
+
 @pytest.mark.parametrize("multi_process", [False, True])
 def test_sigterm_during_start_up_is_kept_or_passed_on(multi_process):
   """vgg_jax/preemption.py with the watchdog's SIGTERM story: a SIGTERM

@@ -39,6 +39,23 @@ log = logging.getLogger(__name__)
 # EX_TEMPFAIL (sysexits.h): a temporary failure; resuming later may succeed.
 HUNG_EXIT_STATUS = 75
 
+# The watchdog of the running training loop (None outside one), so that long
+# phases inside it (an evaluation over a whole split) can report progress per
+# batch through ``heartbeat`` without being handed the object.
+_active: "Watchdog | None" = None
+
+
+def heartbeat(waiting_for: str) -> None:
+  """Progress inside the training loop's current phase (no-op outside one).
+
+  Evaluation calls this per batch or example: a full validation split can
+  take longer than any step, and without beats the adaptive limit (10x the
+  slowest step) would end a healthy run in its first evaluation.
+  """
+  dog = _active
+  if dog is not None:
+    dog.beat(waiting_for)
+
 
 def _exit_hung(message: str) -> None:
   log.error("%s", message)
@@ -143,6 +160,8 @@ class Watchdog:
         return
 
   def __enter__(self) -> "Watchdog":
+    global _active
+    _active = self
     self._last = self.clock()
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="vgg_jax-watchdog",
@@ -151,6 +170,9 @@ class Watchdog:
     return self
 
   def __exit__(self, *exc) -> None:
+    global _active
+    if _active is self:
+      _active = None
     self._stop.set()
     if self._thread is not None:
       self._thread.join()

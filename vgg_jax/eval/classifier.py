@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from vgg_jax import sharding as sharding_lib
+from vgg_jax import watchdog
 from vgg_jax.eval.counting import errors_from_counts, topk_hits
 
 
@@ -60,6 +61,7 @@ def evaluate_classifier(model: nnx.Module,
     # Summed on device; fetched once at the end (no per-batch host sync).
     totals = hits if totals is None else tuple(
         a + b for a, b in zip(totals, hits))
+    watchdog.heartbeat("the next evaluation batch")
   if totals is None:
     raise ValueError("evaluate_classifier got no batches")
   top1, top5, n = (int(jax.device_get(t)) for t in totals)

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from vgg_jax import progress as progress_lib
+from vgg_jax import watchdog
 from vgg_jax import sharding as sharding_lib
 from vgg_jax.eval import dense as dense_lib
 
@@ -108,6 +109,7 @@ def scale_posteriors(model, examples: Iterable[Mapping[str, Any]], *,
     grow(row + 1)
     if progress is not None:
       progress.update(1)
+    watchdog.heartbeat("the next evaluation example")
     if ex.get("decode_error"):
       failed[str(ex["name"])] = str(ex["decode_error"])
       continue

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgg_jax import watchdog
 from vgg_jax import preprocess
 from vgg_jax import sharding as sharding_lib
 from vgg_jax.eval import dense as dense_lib
@@ -102,6 +103,7 @@ def _examples(data_cfg, split, convention, scale):
       input_convention=convention, protocol="dense", scale=scale,
       batch=False)
   for ex in iter(it):
+    watchdog.heartbeat("the next localisation evaluation example")
     if ex["mask"] or ex["decode_error"]:  # padding rows have neither
       yield ex
 
