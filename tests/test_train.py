@@ -273,3 +273,30 @@ def test_input_wait_share_sees_a_slow_input_pipeline(tmp_path, monkeypatch):
   train.train_and_evaluate(config, tmp_path / "fast")
   fast = shares(tmp_path / "fast")[1:]
   assert max(fast) < min(slow), (fast, slow)
+
+
+def test_a_workdir_written_before_a_field_existed_still_resumes(tmp_path):
+  """config.json of an older run lacks fields added since (each with the
+  default meaning what that run did): resuming is allowed; a non-default
+  value of such a field is a changed config and refused."""
+  import json
+  from vgg_jax import configs
+  config = configs.base_config("fashion_mnist")
+  train.check_workdir_config(config, tmp_path, write=True)
+  path = tmp_path / "config.json"
+  stored = json.loads(path.read_text())
+  # Fields added since the first runs (2026-11 and after), listed here
+  # independently of train.ADDED_FIELDS.
+  for dotted in ("evals.val.type", "optimizer.frozen_layers",
+                 "model.pool_rounding", "data.central_square"):
+    node = stored
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    del node[leaf]
+  path.write_text(json.dumps(stored))
+  (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # "holds checkpoints"
+  train.check_workdir_config(config, tmp_path, write=False)
+  config.model.pool_rounding = "ceil"
+  with pytest.raises(ValueError, match="pool_rounding"):
+    train.check_workdir_config(config, tmp_path, write=False)

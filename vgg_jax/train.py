@@ -72,7 +72,12 @@ SAFE_TO_CHANGE = (
 )
 # Fields added to the configs after some workdirs were written: absent from
 # a stored config and at this value, they are the behaviour of that run.
-ADDED_FIELDS = {"evals.val.type": "classification"}
+# Fields added after runs were already written, with the default that means
+# what those runs did: a workdir whose config.json lacks one still resumes.
+ADDED_FIELDS = {"evals.val.type": "classification",
+                "optimizer.frozen_layers": [],
+                "model.pool_rounding": "floor",
+                "data.central_square": False}
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
