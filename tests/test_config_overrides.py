@@ -46,8 +46,16 @@ STAGES_BY_FILE = {
     "experiments/mini/configD.py": MINI_STAGES,
     "experiments/mini/configE.py": MINI_STAGES,
     "experiments/mini/init_claim.py": ("paper", "paper_from_a", "glorot"),
+    # Appendix A: Table 8's rows (regression, layers, S) and Table 9's S.
+    "experiments/localisation/configD_loc.py": (
+        "scr,fc,384", "pcr,fc,384", "pcr,all,384", "pcr,all,256"),
+    "experiments/localisation/synth.py": ("scr,all", "pcr,fc"),
+    "experiments/localisation/synth_classifier.py": (None,),
 }
-NOT_CONFIGS = {"experiments/mini/base.py", "experiments/mini/run.py"}
+NOT_CONFIGS = {"experiments/mini/base.py", "experiments/mini/run.py",
+               # drivers that run several configs, not configs themselves
+               "experiments/localisation/run_synth.py",
+               "experiments/transfer/run_evidence.py"}
 
 
 def _config_files():
