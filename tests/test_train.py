@@ -267,11 +267,14 @@ def test_input_wait_share_sees_a_slow_input_pipeline(tmp_path, monkeypatch):
   config = tiny_config(total_steps=6, eval_every_steps=6)
   monkeypatch.setattr(sharding, "shard_batch", slow_shard_batch)
   train.train_and_evaluate(config, tmp_path / "slow")
-  slow = shares(tmp_path / "slow")[1:]  # step 1 includes compilation
+  # Step 1 includes compilation, and in a full-suite run the fast run's step
+  # 2 was once input-bound too (0.84: one-off warm-up work), so the share is
+  # read from step 3 on.
+  slow = shares(tmp_path / "slow")[2:]
   assert min(slow) > 0.6, slow
   monkeypatch.setattr(sharding, "shard_batch", real)
   train.train_and_evaluate(config, tmp_path / "fast")
-  fast = shares(tmp_path / "fast")[1:]
+  fast = shares(tmp_path / "fast")[2:]
   assert max(fast) < min(slow), (fast, slow)
 
 

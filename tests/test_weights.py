@@ -168,9 +168,11 @@ def test_full_size_torchvision_vgg11_matches_functional_reference(tmp_path):
   path = tmp_path / "vgg11.pth"
   torch.save(sd, path)
   model, metadata = _import(tmp_path, "torchvision", path)
+  # torchvision pools with floor rounding; the import records it (its
+  # weights are evaluated the way they were trained).
   assert metadata["model"] == dict(name="A", num_classes=1000, width_mult=1.0,
                                    fc_width=4096, head_window=7,
-                                   in_channels=3)
+                                   in_channels=3, pool_rounding="floor")
   assert weights.input_convention_of(metadata) == conventions.TORCHVISION
   photos = _photos(224, count=1)  # one full-size forward per side
   ref = _torch_forward(sd, "A", photos)
