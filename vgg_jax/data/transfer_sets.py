@@ -26,11 +26,12 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from vgg_jax import files
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
@@ -43,20 +44,7 @@ def _atomic_write(path: pathlib.Path, data: bytes, fsync: bool = True
   """Temporary name, then rename.  Images skip the per-file fsync (slow for
   thousands of files): the writers call os.sync() once before writing the
   index, which is what makes a split count as written."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name,
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      if fsync:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write(path, lambda f: f.write(data), fsync=fsync)
 
 
 def _png(img: np.ndarray) -> bytes:

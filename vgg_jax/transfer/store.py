@@ -36,10 +36,11 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from vgg_jax import files
 
 FORMAT = "vgg_jax.transfer.features/1"
 TASKS = ("multiclass", "multilabel")
@@ -59,21 +60,8 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-  """Writes ``data`` to a temporary file beside ``path``, fsyncs, renames."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name,
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  """Writes ``data`` atomically (vgg_jax.files), then fsyncs the folder."""
+  path = files.atomic_write(path, lambda f: f.write(data))
   _fsync_dir(path.parent)
 
 
