@@ -149,6 +149,14 @@ def fashion_mnist_resized(data_cfg, split: str, side: int):
 
 
 
+def decode_named(data: bytes, name: str, min_side=None) -> np.ndarray:
+  """Decodes an encoded image; a failure names the example it came from."""
+  try:
+    return preprocess.decode_image(data, min_side=min_side)
+  except preprocess.DecodeError as e:
+    raise preprocess.DecodeError(f"{name}: {e}") from e
+
+
 class FashionMnistEvalSource:
   """Fashion-MNIST split as (uint8 (Q, Q) grey image, label, name) records."""
 
@@ -245,10 +253,7 @@ class TfdsImageSource:
   def get(self, i, min_side=None):
     img, label, name = self.read(i)
     if not isinstance(img, np.ndarray):
-      try:
-        img = preprocess.decode_image(img, min_side=min_side)
-      except preprocess.DecodeError as e:
-        raise preprocess.DecodeError(f"{name}: {e}") from e
+      img = decode_named(img, name, min_side)
     return img, label, name
 
   def label_and_name(self, i):
@@ -350,11 +355,7 @@ class FolderImageSource:
 
   def get(self, i, min_side=None):
     data, label, name = self.read(i)
-    try:
-      img = preprocess.decode_image(data, min_side=min_side)
-    except preprocess.DecodeError as e:
-      raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, label, name
+    return decode_named(data, name, min_side), label, name
 
   def label_and_name(self, i):
     return int(self.labels[int(i)]), self.files[int(i)]

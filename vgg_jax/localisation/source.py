@@ -31,6 +31,7 @@ import numpy as np
 from vgg_jax import input_pipeline
 from vgg_jax import preprocess
 from vgg_jax.data import loc_records
+from vgg_jax.data import readers
 from vgg_jax.data.readers import DatasetInfo
 from vgg_jax.localisation import boxes as boxes_lib
 
@@ -73,11 +74,7 @@ class LocEvalSource:
 
   def get(self, i, min_side=None):
     data, label, name = self.read(i)
-    try:
-      img = preprocess.decode_image(data, min_side=min_side)
-    except preprocess.DecodeError as e:
-      raise preprocess.DecodeError(f"{name}: {e}") from e
-    return img, label, name
+    return readers.decode_named(data, name, min_side), label, name
 
   def label_and_name(self, i):
     r = self.records[int(i)]
