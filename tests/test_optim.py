@@ -282,3 +282,18 @@ def test_controller_rejects_meaningless_settings():
     optim.PlateauController(patience=0)
   with pytest.raises(ValueError, match="min_delta"):
     optim.PlateauController(min_delta=-0.01)
+
+
+def test_a_restart_with_a_lower_lr_keeps_the_plateau_drops():
+  # docs/reliability.md, fault 5: after a NaN stop the user restarts with a
+  # lower --config.lr; train.py builds the controller from the new config and
+  # loads the checkpoint's state, so the drops already made still apply.
+  first = optim.PlateauController(initial_lr=1e-2, patience=1, min_delta=0.01)
+  for step, acc in enumerate([0.5, 0.5, 0.5]):  # two plateaus: two drops
+    first.update(step, acc)
+  assert first.drops == 2
+  resumed = optim.PlateauController(initial_lr=1e-3, patience=1,
+                                    min_delta=0.01)
+  resumed.load_state_dict(first.state_dict())
+  assert resumed.drops == 2 and resumed.best == 0.5
+  np.testing.assert_allclose(resumed.learning_rate, 1e-3 / 100, rtol=1e-12)
