@@ -377,3 +377,55 @@ def test_alexnet_config_uses_the_mean_image_tencrop_and_central_square():
   bad.data.mean_image = "m.npy"
   assert any(p.startswith("config.data.mean_image")
              for p in config_checks.problems(bad, device_count=1))
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_evaluate_command_subtracts_the_models_mean_image(coord_folder,
+                                                          tmp_path):
+  """The mean image travels in the model's input convention: `python -m
+  vgg_jax.evaluate --protocol tencrop` on a saved model subtracts it."""
+  from vgg_jax import evaluate, weights  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  root, path, m = coord_folder
+  crop = 32  # a small net: the 10 patches are 32 x 32 crops of the square
+  kw = dict(name="A", num_classes=2, width_mult=0.0625, fc_width=16,
+            head_window=1)
+  model = create_model(**kw, init="he", rngs=nnx.Rngs(5))
+  model.fc3.kernel[...] = model.fc3.kernel[...] * 0.05  # soft posteriors
+  conv = ip.input_convention(_cfg(root, path, std_rgb=(64.0, 64.0, 64.0)))
+  weights.save_pretrained(tmp_path / "m", model, model_kwargs=kw,
+                          input_convention=conv, source="test",
+                          class_names=["a", "b"],
+                          extra={"train_scale": S, "crop_size": crop})
+  evaluate.main(["--model", str(tmp_path / "m"), "--data", "folder",
+                 "--data-dir", str(root), "--protocol", "tencrop",
+                 "--scales", str(S), "--batch-size", "2", "--output",
+                 str(tmp_path / "out"), "--save-posteriors"])
+  got = evaluate.SplitPosteriors.load(
+      tmp_path / "out" / "posteriors_0_A.npz").posteriors[f"tencrop@{S}"]
+  src = ip.FolderImageSource(root, "validation")
+
+  def ten(sq):
+    d, c = S - crop, (S - crop) // 2
+    five = [sq[:crop, :crop], sq[:crop, d:], sq[d:, :crop], sq[d:, d:],
+            sq[c:c + crop, c:c + crop]]
+    return np.stack(five + [p[:, ::-1] for p in five])
+
+  views = []
+  for i in range(len(src)):
+    img = src.get(i)[0]  # 256 x 300 and 300 x 256: already at Q = 256
+    h, w = img.shape[:2]
+    t0, l0 = (h - S) // 2, (w - S) // 2
+    sq = img[t0:t0 + S, l0:l0 + S].astype(np.float32)
+    views += [ten(sq - m) / 64.0, ten(sq) / 64.0]  # with, without the mean
+  logits = nnx.jit(lambda net, x: net(x))(model, np.concatenate(views))
+  post = _softmax(np.asarray(logits)).reshape(2, 2, 10, 2).mean(2)
+  want, without = post[:, 0], post[:, 1]
+  assert np.all((want > 0.02) & (want < 0.98)), want  # not saturated
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # Without the mean image the posteriors differ (the test can fail).
+  assert np.abs(without - want).max() > 1e-2
