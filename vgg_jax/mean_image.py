@@ -125,11 +125,17 @@ def window(path, shape, top: int, left: int, height: int, width: int,
   s = min(h, w)
   sq = _at_side(os.path.abspath(os.fspath(path)), s)
   t0, l0 = (h - s) // 2, (w - s) // 2  # as preprocess.center_crop places it
-  rows = np.clip(np.arange(top, top + height) - t0, 0, s - 1)
-  cols = np.clip(np.arange(left, left + width) - l0, 0, s - 1)
+  y, x = top - t0, left - l0
+  if 0 <= y and y + height <= s and 0 <= x and x + width <= s:
+    # Inside the square (every AlexNet view): a read-only view (a copy if
+    # flipped, by cv2); a fancy-index gather is far slower per training crop.
+    out = sq[y:y + height, x:x + width]
+    return preprocess.horizontal_flip(out) if flip else out  # cv2: fast
+  rows = np.clip(np.arange(y, y + height), 0, s - 1)
+  cols = np.clip(np.arange(x, x + width), 0, s - 1)
   if flip:
     cols = cols[::-1]
-  return sq[rows[:, None], cols[None, :]]
+  return np.take(np.take(sq, rows, axis=0), cols, axis=1)
 
 
 def canvas(path, shape) -> np.ndarray:
