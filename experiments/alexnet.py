@@ -8,8 +8,19 @@ about 90 epochs; weights N(0, 0.01), biases 1 in conv2, conv4, conv5 and the
 hidden FC layers, 0 elsewhere (``init="alexnet"``); dropout 0.5 on FC1/FC2;
 random 224 crops of the central 256x256 square of the image rescaled to
 shorter side 256 (``data.central_square``, Krizhevsky's input), flips, PCA
-lighting (sigma 0.1).  Not yet: Krizhevsky subtracted a per-pixel mean image;
-here the per-channel mean is subtracted.
+lighting (sigma 0.1), minus Krizhevsky's per-pixel mean image
+(``data.mean_image``: each crop minus the window of the mean image under it,
+flipped with it; vgg_jax/mean_image.py) instead of the mean RGB.  Compute
+the mean image of the training split once (one pass, every image;
+undecodable ones are named):
+
+    python -m vgg_jax.data stats --source tfds --name imagenet2012 \
+        --data_dir DIR --output stats/imagenet2012_stats.json \
+        --mean_image stats/imagenet2012_mean_image.npy
+
+(elsewhere: ``--config.data.mean_image=FILE``; ``=''`` subtracts the mean
+RGB instead).  The path is recorded with the model, so evaluation subtracts
+the same mean.
 
 Paper (ILSVRC-2012 val, 1 net, 10-crop test): 40.7 / 18.2 top-1 / top-5
 error %.  The training-time evaluation here is a single centre crop at 256
@@ -44,4 +55,6 @@ def get_config(arg: str | None = None):
   c.data.eval_scale = 256
   c.data.pca_std = 0.1
   c.data.central_square = True  # Krizhevsky's crops: the central square
+  # Krizhevsky's per-pixel mean image (computed by the command above).
+  c.data.mean_image = "stats/imagenet2012_mean_image.npy"
   return common.lock(c)

@@ -172,3 +172,21 @@ def test_stats_match_numpy_on_raw_pixels(tmp_path, capsys):
   vecs = np.asarray(s["pca_eigvec"])
   np.testing.assert_allclose(c @ vecs, vecs * vals, atol=1e-12)
   assert np.all(np.diff(vals) <= 0)
+
+
+@pytest.mark.skipif(
+    not (pathlib.Path(ip.FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz"
+         ).exists(), reason="apt-get install dataset-fashion-mnist")
+def test_stats_of_a_grey_source_through_the_source_registry(capsys):
+  # Fashion-MNIST goes through the same per-image path as the RGB sources
+  # (its registry entry's stored-image reader); one channel gives mean/std.
+  assert cli.main(["stats", "--source", "fashion_mnist", "--split",
+                   "test"]) == 0
+  got = json.loads(capsys.readouterr().out)
+  images, _ = ip.fashion_mnist_split(ip.default_data_config("fashion_mnist"),
+                                     "test")
+  x = images.astype(np.float64).ravel()
+  assert got["num_images"] == len(images) and got["num_skipped"] == 0
+  assert got["num_pixels"] == x.size
+  np.testing.assert_allclose(got["mean"], x.mean(), rtol=1e-12)
+  np.testing.assert_allclose(got["std"], x.std(), rtol=1e-9)

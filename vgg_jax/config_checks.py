@@ -170,6 +170,14 @@ def problems(config, *, device_count: int | None = None) -> list[str]:
          f"data.{field}",
          f"{channels or 'one per channel'} number(s)"
          + (", each > 0" if field == "std_rgb" else ""))
+  mean_image = d.get("mean_image", "")
+  if need(isinstance(mean_image, str), "data.mean_image",
+          "a path to a .npy mean image (python -m vgg_jax.data stats "
+          "--mean_image FILE) or '' for none"):
+    if mean_image:
+      need(d.image_channels == 3 and d.train_pad == 0, "data.mean_image",
+           "'' with grey images or a zero border (data.image_channels=3 "
+           "and data.train_pad=0 are needed for a per-pixel mean image)")
   number("data.pca_std", d.pca_std, lo=0)
   number("data.multicrop_grid", d.multicrop_grid, lo=1, integer=True)
   number("data.num_workers", d.num_workers, lo=0, integer=True)

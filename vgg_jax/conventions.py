@@ -10,7 +10,12 @@ on the user remembering it.
 ``normalise`` is the single place where a decoded uint8 RGB image becomes the
 float tensor a net sees:
 
-    x = (to_order(rgb) * scale - mean) / std
+    x = (to_order(rgb - mean_window) * scale - mean) / std
+
+``mean_window`` is zero except for a convention with a per-pixel mean image
+(``mean_image``: Krizhevsky et al.'s AlexNet input, paper §4.5's baseline;
+see ``vgg_jax/mean_image.py``): then it is the window of the mean image
+that the view covers, and ``mean`` is zero.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class InputConvention:
   scale: float = 1.0  # multiply uint8 values (0-255) by this first
   mean: tuple[float, float, float] = IMAGENET_MEAN_RGB_255
   std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+  # A per-pixel mean image (.npy, RGB 0-255, absolute path) subtracted
+  # before everything else; "" for none.  Which window of it a view
+  # subtracts depends on where the view lies (vgg_jax/mean_image.py), so
+  # the callers that cut views pass ``mean_window``.
+  mean_image: str = ""
 
   def __post_init__(self):
     if self.channel_order not in ("RGB", "BGR"):
@@ -59,10 +69,28 @@ class InputConvention:
       object.__setattr__(self, field, value)
     if any(s <= 0 for s in self.std):
       raise ValueError(f"std must be positive, got {self.std}")
+    object.__setattr__(self, "mean_image", str(self.mean_image or ""))
 
-  def normalise(self, rgb_uint8: np.ndarray) -> np.ndarray:
-    """uint8 (or float 0-255) RGB image(s), channels last -> float32 input."""
+  def check_mean_window(self, mean_window) -> None:
+    """A clear error where a mean-image convention gets no mean window (a
+    caller that does not know where its views lie must not silently skip
+    the mean)."""
+    if self.mean_image and mean_window is None:
+      raise ValueError(
+          f"this input convention subtracts the per-pixel mean image "
+          f"{self.mean_image}: pass the window of it each view covers "
+          "(vgg_jax.mean_image.window/views); this code path does not "
+          "support mean-image models")
+
+  def normalise(self, rgb_uint8: np.ndarray, mean_window=None) -> np.ndarray:
+    """uint8 (or float 0-255) RGB image(s), channels last -> float32 input.
+
+    ``mean_window``: the per-pixel mean under the view(s), RGB 0-255, same
+    shape (required when ``mean_image`` is set, else optional)."""
+    self.check_mean_window(mean_window)
     x = np.asarray(rgb_uint8, dtype=np.float32)
+    if mean_window is not None:
+      x = x - np.asarray(mean_window, np.float32)
     if self.channel_order == "BGR":
       x = x[..., ::-1]
     mean = np.asarray(self.mean, np.float32)
@@ -76,7 +104,10 @@ class InputConvention:
     return (x - mean) / std
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    if not d["mean_image"]:  # metadata without a mean image stays as it was
+      del d["mean_image"]
+    return d
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "InputConvention":
@@ -86,7 +117,8 @@ class InputConvention:
           f"input convention is missing {sorted(missing)}; expected keys "
           "channel_order, scale, mean, std (see vgg_jax/conventions.py)")
     return cls(channel_order=d["channel_order"], scale=float(d["scale"]),
-               mean=tuple(d["mean"]), std=tuple(d["std"]))
+               mean=tuple(d["mean"]), std=tuple(d["std"]),
+               mean_image=d.get("mean_image") or "")
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict())

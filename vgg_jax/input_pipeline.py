@@ -79,6 +79,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from vgg_jax import conventions
+from vgg_jax import mean_image as mean_image_lib
 from vgg_jax import preprocess
 from vgg_jax.data import readers
 # The readers' names, where callers have always found them.
@@ -127,6 +128,10 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
   c.pca_std = 0.1  # alpha ~ N(0, 0.1) (Krizhevsky et al. 2012)
   c.mean_rgb = conventions.IMAGENET_MEAN_RGB_255
   c.std_rgb = (1.0, 1.0, 1.0)
+  # A per-pixel mean image (.npy, 256x256x3, written by `python -m
+  # vgg_jax.data stats --mean_image FILE`) subtracted instead of mean_rgb:
+  # Krizhevsky et al.'s AlexNet input (vgg_jax/mean_image.py); "" for none.
+  c.mean_image = ""
   c.image_channels = 3
   kind.configure(c)
   c.flip = True  # random horizontal flip (section 3.1)
@@ -148,12 +153,33 @@ def default_data_config(source: str = "fashion_mnist") -> ml_collections.ConfigD
 
 
 def input_convention(data_cfg) -> conventions.InputConvention:
-  """The paper's convention for this data: RGB 0-255 minus ``mean_rgb``.
+  """The paper's convention for this data: RGB 0-255 minus ``mean_rgb``;
+  with ``data_cfg.mean_image``, minus that per-pixel mean image instead
+  (``mean_rgb`` unused; the file is read and checked here, so a missing or
+  wrong one fails before training starts).
 
   (For imported weights use the weights' own convention instead.)
   """
-  return conventions.InputConvention("RGB", 1.0, tuple(data_cfg.mean_rgb),
-                                     tuple(data_cfg.std_rgb))
+  path = data_cfg.get("mean_image") or ""
+  if not path:
+    return conventions.InputConvention("RGB", 1.0, tuple(data_cfg.mean_rgb),
+                                       tuple(data_cfg.std_rgb))
+  if not get_source(data_cfg.source).supports_mean_image:
+    raise ValueError(
+        f"data.mean_image is set but data.source {data_cfg.source!r} does "
+        "not support a per-pixel mean image (the RGB image sources do: "
+        f"{', '.join(n for n in source_names() if _SOURCES[n].supports_mean_image)}"
+        "); set data.mean_image=''")
+  if int(data_cfg.image_channels) != 3 or int(data_cfg.train_pad):
+    raise ValueError(
+        "data.mean_image needs RGB images (data.image_channels=3) and no "
+        f"zero border (data.train_pad=0); got {data_cfg.image_channels} and "
+        f"{data_cfg.train_pad}")
+  path = os.path.abspath(path)
+  mean_image_lib.load(path)  # a clear error now, not in a worker later
+  return conventions.InputConvention("RGB", 1.0, (0.0, 0.0, 0.0),
+                                     tuple(data_cfg.std_rgb),
+                                     mean_image=path)
 
 
 def _train_scale_range(data_cfg) -> tuple[int, int]:
@@ -466,17 +492,25 @@ class _EvalBatcher:
 
   def __call__(self, items: Sequence[dict]) -> dict:
     out = {}
+    # Mean-image conventions: each example carries the mean under its views.
+    means = ([it["mean"] for it in items] if "mean" in items[0]
+             else [None] * len(items))
     for k in items[0]:
       vals = [it[k] for it in items]
+      if k == "mean":
+        continue
       if k in ("name", "reason"):
         out[k] = np.asarray(vals, dtype=object)
       elif k == "image" and vals[0].ndim == 3:
         images = np.empty((len(vals),) + vals[0].shape, np.float32)
         for j, v in enumerate(vals):
-          preprocess.normalise_into(images[j], v, self.convention)
+          preprocess.normalise_into(images[j], v, self.convention,
+                                    mean_window=means[j])
         out[k] = images
       elif k == "image":
-        out[k] = preprocess.normalise_images(np.stack(vals), self.convention)
+        out[k] = preprocess.normalise_images(
+            np.stack(vals), self.convention,
+            mean_window=None if means[0] is None else np.stack(means))
       else:
         out[k] = np.stack(vals)
     return out
@@ -499,6 +533,10 @@ class _EvalExample:
     self.process_count = process_count
     self.channels = int(data_cfg.image_channels)
     self._shape = None
+    # Batched views of a mean-image convention carry the mean under them
+    # ("mean", subtracted by _EvalBatcher); unbatched images go to the
+    # dense engine, which cuts its own.
+    self.mean_image = convention.mean_image if batched else ""
 
   def _out_shape(self):
     c = self.channels
@@ -528,8 +566,8 @@ class _EvalExample:
     try:
       view = self._centre_crop_of_encoded(g)
       if view is not None:
-        view, label, name = view
-        return self._example(view, label, g, name, 1, "")
+        view, label, name, mean = view
+        return self._example(view, label, g, name, 1, "", mean)
       img, label, name = self.source.get(g, min_side=self.scale)
       if not self.source.prescaled:
         img = preprocess.rescale_shorter_side(img, self.scale)
@@ -538,7 +576,12 @@ class _EvalExample:
         raise ValueError(
             f"batched dense evaluation needs images of one size; {name} is "
             f"{view.shape}, expected {self._out_shape()}: use batch=False")
-      return self._example(view, label, g, name, 1, "")
+      mean = None
+      if self.mean_image:  # the same views cut from the mean canvas
+        mean = mean_image_lib.views(self.mean_image, img.shape, self.protocol,
+                                    self.crop, self.grid, flips=True)
+        mean = mean[0] if self.protocol == "centre" else mean
+      return self._example(view, label, g, name, 1, "", mean)
     except preprocess.DecodeError as e:
       label, name = self.source.label_and_name(g)
       shape = self._out_shape() if self.batched else (1, 1, self.channels)
@@ -561,13 +604,20 @@ class _EvalExample:
                                              self.crop)
     except preprocess.DecodeError as e:
       raise preprocess.DecodeError(f"{name}: {e}") from e
-    return view, label, name
+    mean = (mean_image_lib.window(self.mean_image, shape, top, left,
+                                  self.crop, self.crop)
+            if self.mean_image else None)
+    return view, label, name, mean
 
-  def _example(self, img, label, index, name, mask, error):
+  def _example(self, img, label, index, name, mask, error, mean=None):
     if self.batched:
-      return {"image": img, "label": np.int32(label), "mask": np.int32(mask),
-              "index": np.int64(index), "decode_error": np.int32(bool(error)),
-              "name": name, "reason": error}
+      ex = {"image": img, "label": np.int32(label), "mask": np.int32(mask),
+            "index": np.int64(index), "decode_error": np.int32(bool(error)),
+            "name": name, "reason": error}
+      if self.mean_image:  # padding and failures: a zero mean (masked)
+        ex["mean"] = (np.zeros(img.shape, np.float32) if mean is None
+                      else mean)
+      return ex
     return {"image": img, "label": int(label), "mask": int(mask),
             "index": int(index), "name": name, "decode_error": error}
 
@@ -602,13 +652,15 @@ class _TrainExample:
 
     With ``out`` (a float32 (crop, crop, 3) slot) and ``convention``, a
     JPEG that the crop-aware decoder handles is written there already
-    normalised (shift included) and the crop returned is None.
+    normalised (shift included) and the crop returned is None; so is every
+    crop of a mean-image convention (the window of the mean image under
+    the crop, flipped with it, subtracted: Caffe's AlexNet input).
     """
     s = int(rng.integers(self.scale_lo, self.scale_hi + 1))
     try:
       plan = self._plan_encoded_crop(index, s, rng)
       if plan is None:
-        img, label = self._crop_of_decoded(index, s, rng)
+        img, label, geometry = self._crop_of_decoded(index, s, rng)
     except preprocess.DecodeError as e:
       log.warning("skipping training image: %s", e)
       return None
@@ -617,12 +669,20 @@ class _TrainExample:
                                           self.pca_std)
     else:
       shift = np.zeros(3, np.float32)
+    mean = None
+    if convention is not None and convention.mean_image and out is not None:
+      shape, top, left, flip = plan[-1] if plan is not None else geometry
+      mean = mean_image_lib.window(convention.mean_image, shape, top, left,
+                                   self.crop, self.crop, flip)
+      if plan is None:
+        preprocess.normalise_into(out, img, convention, shift, mean)
+        return None, np.int32(label), shift
     if plan is not None:
-      data, top, left, flip, label, name = plan
+      data, top, left, flip, label, name, _ = plan
       try:
         if out is not None and convention is not None:
           preprocess.decode_rescaled_crop_into(out, data, s, top, left, flip,
-                                               convention, shift)
+                                               convention, shift, mean)
           img = None
         else:
           img = preprocess.decode_rescaled_crop(data, s, top, left,
@@ -633,8 +693,9 @@ class _TrainExample:
     return img, np.int32(label), shift
 
   def _plan_encoded_crop(self, index, s, rng):
-    """(bytes, top, left, flip, label, name) for decoding only what the
-    crop sees, or None if the source or image needs the full decode.  Makes
+    """(bytes, top, left, flip, label, name, (rescaled shape, top, left,
+    flip)) for decoding only what the crop sees, or None if the source or
+    image needs the full decode.  Makes
     the same draws as _crop_of_decoded, so both give the same crop (up to
     interpolation rounding)."""
     read = getattr(self.source, "read", None)
@@ -647,18 +708,22 @@ class _TrainExample:
     top, left = preprocess.random_crop_offsets(
         shape, self.crop, rng, central_square=self.central_square)
     flip = self.flip and rng.random() < 0.5
-    return data, top, left, flip, label, name
+    return data, top, left, flip, label, name, (shape, top, left, flip)
 
   def _crop_of_decoded(self, index, s, rng):
     img, label, _ = self.source.get(index, min_side=s)
     img = preprocess.rescale_shorter_side(img, s)
     if self.pad:
       img = np.pad(img, [(self.pad, self.pad), (self.pad, self.pad), (0, 0)])
-    img = preprocess.random_crop(img, self.crop, rng,
-                                 central_square=self.central_square)
-    if self.flip and rng.random() < 0.5:
+    shape = img.shape[:2]
+    # preprocess.random_crop's draws, with the offsets kept for the mean.
+    top, left = preprocess.random_crop_offsets(
+        shape, self.crop, rng, central_square=self.central_square)
+    img = img[top:top + self.crop, left:left + self.crop]
+    flip = self.flip and rng.random() < 0.5
+    if flip:
       img = preprocess.horizontal_flip(img)
-    return img, label
+    return img, label, (shape, top, left, flip)
 
 
 class _TrainBatch:
@@ -769,9 +834,14 @@ class DataSource:
   (``len``, ``get(i, min_side)`` -> (uint8 image, label, name),
   ``label_and_name(i)``, ``prescaled``; optionally ``read(i)``) that the
   evaluation pipeline pads, shards and views (see ``TfdsImageSource``).
+  ``image_source(data_cfg, split)``: the same kind of source for the
+  split's images as stored (``python -m vgg_jax.data stats`` reads it).
+  ``supports_mean_image``: whether ``data.mean_image`` (a per-pixel mean
+  subtracted from 256-based RGB crops, vgg_jax/mean_image.py) applies.
   """
 
   name = ""
+  supports_mean_image = False
 
   def configure(self, c) -> None:
     del c
@@ -785,9 +855,15 @@ class DataSource:
   def eval_source(self, data_cfg, split: str, scale: int):
     raise NotImplementedError
 
+  def image_source(self, data_cfg, split: str):
+    raise NotImplementedError(
+        f"data source {self.name!r} has no stored-image reader")
+
 
 class _EncodedImages(DataSource):
   """Sources of encoded RGB images (decoded, rescaled and cropped here)."""
+
+  supports_mean_image = True
 
   def image_source(self, data_cfg, split):
     raise NotImplementedError
@@ -855,6 +931,10 @@ class _FashionMnist(DataSource):
 
   def eval_source(self, data_cfg, split, scale):
     return readers.FashionMnistEvalSource(data_cfg, split, scale)
+
+  def image_source(self, data_cfg, split):
+    # scale None: the stored 28x28 images
+    return readers.FashionMnistEvalSource(data_cfg, split, None)
 
 
 # Public names for sources registered from other packages (Appendix A's

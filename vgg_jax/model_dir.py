@@ -94,6 +94,9 @@ def load_model(path: str | os.PathLike, *, expect_name: str | None = None,
         "weights with vgg_jax.weights.save_pretrained(input_convention=...)")
   convention = conventions_lib.InputConvention.from_dict(
       meta["input_convention"])
+  if convention.mean_image:  # AlexNet's per-pixel mean: there, and right
+    from vgg_jax import mean_image  # pylint: disable=g-import-not-at-top
+    mean_image.load(convention.mean_image)
   name = meta["model"]["name"]
   if expect_name is not None and canonical_name(expect_name) != canonical_name(
       name):

@@ -71,7 +71,13 @@ def score_heatmap(loaded: model_dir.LoadedModel, img: np.ndarray,
   """(h, w) soft-max probability of class_index at every score-map position."""
   import jax
   import jax.numpy as jnp
-  x = dense_lib.normalise_on_device(loaded.convention, jnp.asarray(img[None]))
+  mean = None
+  if loaded.convention.mean_image:  # the whole image: its mean canvas
+    from vgg_jax import mean_image  # pylint: disable=g-import-not-at-top
+    mean = jnp.asarray(mean_image.canvas(loaded.convention.mean_image,
+                                         img.shape)[None])
+  x = dense_lib.normalise_on_device(loaded.convention, jnp.asarray(img[None]),
+                                    mean)
   scores = loaded.model.score_map(x)
   return np.asarray(jax.nn.softmax(scores, axis=-1)[0, ..., class_index])
 

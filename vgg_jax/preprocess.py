@@ -29,6 +29,7 @@ Choices (see docs/data.md):
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import cv2
@@ -326,11 +327,13 @@ def _affine_of(convention, channels: int = 3):
 
 def decode_rescaled_crop_into(out: np.ndarray, data: bytes, side: int,
                               top: int, left: int, flip: bool, convention,
-                              rgb_shift=None) -> None:
+                              rgb_shift=None, mean_window=None) -> None:
   """``normalise_into(out, decode_rescaled_crop(...), convention,
-  rgb_shift)``, in one pass when the crop-aware path applies: the C
-  extension writes ``convention.normalise(crop + rgb_shift)`` (the same
-  rounded pixels, then the affine map) straight into the float32 slot."""
+  rgb_shift, mean_window)``, in one pass when the crop-aware path applies:
+  the C extension writes ``convention.normalise(crop + rgb_shift)`` (the
+  same rounded pixels, then the affine map) straight into the float32 slot
+  (and a mean window, if any, is subtracted afterwards)."""
+  convention.check_mean_window(mean_window)
   size = out.shape[0]
   args = None
   if (out.shape == (size, size, 3) and out.dtype == np.float32
@@ -345,9 +348,11 @@ def decode_rescaled_crop_into(out: np.ndarray, data: bytes, side: int,
       b = ((shift[::-1] if bgr else shift) - mean_over_scale) * a
     if _jpegcrop.decode_crop(*args[:3], out, *args[3:], flip,
                              scale=a.tolist(), offset=b.tolist(), bgr=bgr):
+      if mean_window is not None:
+        subtract_mean_window(out, mean_window, convention)
       return
   crop = decode_rescaled_crop(data, side, top, left, size, flip, fast=False)
-  normalise_into(out, crop, convention, rgb_shift)
+  normalise_into(out, crop, convention, rgb_shift, mean_window)
 
 
 def grid_crops(img: np.ndarray, size: int = 224, grid: int = 5) -> np.ndarray:
@@ -437,15 +442,37 @@ def pca_color_shift(img_float_rgb_0_255: np.ndarray, rng: np.random.Generator,
   return np.asarray(img_float_rgb_0_255, np.float32) + shift
 
 
-def normalise_images(images: np.ndarray, convention, rgb_shift=None) -> np.ndarray:
-  """``convention.normalise(images + rgb_shift)``, computed fast.
+def subtract_mean_window(out: np.ndarray, mean_window, convention) -> None:
+  """``out -= `` what subtracting ``mean_window`` (RGB 0-255, the per-pixel
+  mean under the view) before normalising would have removed: the
+  normalisation is affine per channel, so ``normalise(x - m) =
+  normalise(x) - to_order(m) * scale / std``."""
+  a, _, bgr = _affine_of(convention, out.shape[-1])
+  m = np.asarray(mean_window, np.float32)
+  if bgr and out.shape[-1] == 3:
+    m = m[..., ::-1]
+  out -= m * a if np.any(a != 1) else m
+
+
+def normalise_images(images: np.ndarray, convention, rgb_shift=None,
+                     mean_window=None) -> np.ndarray:
+  """``convention.normalise(images + rgb_shift, mean_window)``, computed fast.
 
   ``images``: uint8 (..., H, W, C) RGB; ``rgb_shift``: None, (C,) or one
   (C,) row per leading index (e.g. (B, 3) for a batch), in RGB 0-255 units
   (the PCA colour shift).  Same result as ``InputConvention.normalise`` up to
   float32 rounding, but as one affine map x * a + b over rows of W*C values:
   numpy's broadcast over a trailing axis of 3 is ~10x slower.
+  ``mean_window``: the per-pixel mean under each image (mean-image
+  conventions only; ``vgg_jax/mean_image.py``), shape of ``images``.
   """
+  convention.check_mean_window(mean_window)
+  if mean_window is not None:
+    out = normalise_images(images, dataclasses.replace(convention,
+                                                       mean_image=""),
+                           rgb_shift)
+    subtract_mean_window(out, mean_window, convention)
+    return out
   images = np.asarray(images)
   *lead, h, w, c = images.shape
   scale = np.float32(convention.scale)
@@ -471,17 +498,19 @@ def normalise_images(images: np.ndarray, convention, rgb_shift=None) -> np.ndarr
 
 
 def normalise_into(out: np.ndarray, image: np.ndarray, convention,
-                   rgb_shift=None) -> None:
-  """``out[...] = convention.normalise(image + rgb_shift)`` for one image.
+                   rgb_shift=None, mean_window=None) -> None:
+  """``out[...] = convention.normalise(image + rgb_shift, mean_window)``
+  for one image.
 
   ``image``: uint8 (H, W, C) RGB, any view with positive strides (e.g. a
   crop); ``out``: a contiguous float32 (H, W, C) slot (e.g. ``batch[j]``).
   One OpenCV pass (uint8 -> float32 minus a per-channel value) replaces
   crop copy, stacking, conversion and offset, about 4x cheaper.
   """
+  convention.check_mean_window(mean_window)
   h, w, c = image.shape
   if c not in (1, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
-    out[...] = normalise_images(image, convention, rgb_shift)
+    out[...] = normalise_images(image, convention, rgb_shift, mean_window)
     return
   a, value, bgr = _affine_of(convention, c)
   bgr = bgr and c == 3
@@ -502,3 +531,5 @@ def normalise_into(out: np.ndarray, image: np.ndarray, convention,
   if np.any(a != 1):
     flat = out.reshape(h, w * c)
     flat *= np.tile(a, w)
+  if mean_window is not None:
+    subtract_mean_window(out, mean_window, convention)

@@ -13,7 +13,9 @@
   every file that cannot be decoded, with progress).
 - ``stats ...``: the training split's mean RGB (0-255) and the eigenvalues
   (0-1 scale) / eigenvectors of its RGB covariance, the numbers the paper's
-  mean subtraction and PCA colour shift need (paper §3.1).
+  mean subtraction and PCA colour shift need (paper §3.1); with
+  ``--mean_image FILE.npy`` also Krizhevsky's per-pixel mean image (the
+  AlexNet baseline's ``data.mean_image``; ``vgg_jax/mean_image.py``).
 
 Nothing is imported here, so that ``vgg_jax.input_pipeline`` can use the
 readers without an import cycle.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import pathlib
 import sys
 
+from vgg_jax import files
 from vgg_jax import input_pipeline
 from vgg_jax.data import prepare
 from vgg_jax.data import stats
@@ -64,9 +64,10 @@ def _parser():
   pp.add_argument("--check", action="store_true",
                   help="folder: decode every image and list those that fail")
   ps = sub.add_parser(
-      "stats", help="mean RGB and RGB-covariance PCA of a training split")
+      "stats", help="mean RGB and RGB-covariance PCA of a training split "
+      "(and, with --mean_image, its per-pixel mean image)")
   ps.add_argument("--source", default="tfds",
-                  choices=["tfds", "folder", "fashion_mnist"])
+                  choices=list(input_pipeline.source_names()))
   ps.add_argument("--name", default="imagenet2012", help="TFDS dataset name")
   ps.add_argument("--data_dir", default=None)
   ps.add_argument("--split", default="train")
@@ -77,6 +78,11 @@ def _parser():
                   help="rescale each image's shorter side to this first")
   ps.add_argument("--seed", type=int, default=0)
   ps.add_argument("--output", default=None, help="also write the JSON here")
+  ps.add_argument("--mean_image", default=None, metavar="FILE.npy",
+                  help="also compute Krizhevsky's per-pixel mean image (the "
+                  "mean of the images rescaled to 256, central 256x256 "
+                  "square; float32 256x256x3) and write it here, e.g. next "
+                  "to --output; the AlexNet config's data.mean_image")
   return p
 
 
@@ -103,24 +109,23 @@ def main(argv=None) -> int:
       cfg.class_index_path = args.class_index
       result = stats.compute_stats(cfg, split=args.split,
                                    max_images=args.max_images, side=args.side,
-                                   seed=args.seed)
+                                   seed=args.seed, mean_image=args.mean_image,
+                                   show_progress=True)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   text = json.dumps(result, indent=1)
   print(text)
   if args.command == "stats" and args.output:
-    out = pathlib.Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, out)
+    files.atomic_write(args.output, lambda f: f.write((text + "\n").encode()))
   if args.command == "stats" and "mean_rgb" in result:
     print("# for the data config:\n"
           f"data.mean_rgb = {tuple(round(v, 3) for v in result['mean_rgb'])}\n"
           f"data.pca_eigval = {tuple(round(v, 5) for v in result['pca_eigval'])}\n"
           "data.pca_eigvec = "
           f"{tuple(tuple(round(v, 4) for v in r) for r in result['pca_eigvec'])}")
+  if args.command == "stats" and "mean_image" in result:
+    print(f"data.mean_image = {result['mean_image']!r}")
   return 0
 
 

@@ -163,8 +163,10 @@ class FashionMnistEvalSource:
   prescaled = True  # already rescaled to Q in memory
 
   def __init__(self, data_cfg, split, scale):
-    self.images, self.labels = fashion_mnist_resized(
-        data_cfg, split, scale)
+    # scale None: the stored 28x28 images, not rescaled
+    self.images, self.labels = (
+        fashion_mnist_split(data_cfg, split) if scale is None
+        else fashion_mnist_resized(data_cfg, split, scale))
     self.split = split
     self.channels = data_cfg.image_channels
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vgg_jax import mean_image as mean_image_lib
 from vgg_jax import preprocess
 from vgg_jax import sharding as sharding_lib
 from vgg_jax.models.vgg import valid_positions
@@ -48,9 +49,16 @@ from vgg_jax.models.vgg import valid_positions
 Sink = Callable[[list[int], Any], None]
 
 
-def normalise_on_device(convention, images: jax.Array) -> jax.Array:
-  """``InputConvention.normalise`` in jnp (uint8 travels, not float32)."""
+def normalise_on_device(convention, images: jax.Array,
+                        mean_window=None) -> jax.Array:
+  """``InputConvention.normalise`` in jnp (uint8 travels, not float32).
+
+  ``mean_window``: the per-pixel mean under each view (a mean-image
+  convention's, RGB 0-255, shape of ``images``; vgg_jax/mean_image.py)."""
+  convention.check_mean_window(mean_window)
   x = images.astype(jnp.float32)
+  if mean_window is not None:
+    x = x - mean_window
   if convention.channel_order == "BGR":
     x = x[..., ::-1]
   if convention.scale != 1.0:
@@ -154,9 +162,11 @@ CLASS_POSTERIORS = ClassPosteriors()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _dense_program(graphdef, convention, output, flips, state, canvas, hw):
+def _dense_program(graphdef, convention, output, flips, state, canvas, hw,
+                   mean=None):
   model = nnx.merge(graphdef, state)
-  x = normalise_on_device(convention, canvas)
+  # A mean canvas is flipped with the image below (flip_within).
+  x = normalise_on_device(convention, canvas, mean)
   n = canvas.shape[0]
   if flips:
     x = jnp.concatenate([x, flip_within(x, hw[:, 1])])
@@ -166,10 +176,14 @@ def _dense_program(graphdef, convention, output, flips, state, canvas, hw):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _crop_program(graphdef, convention, output, flips, state, crops):
+def _crop_program(graphdef, convention, output, flips, state, crops,
+                  mean=None):
   model = nnx.merge(graphdef, state)
   n, k = crops.shape[:2]
-  x = normalise_on_device(convention, crops.reshape((n * k,) + crops.shape[2:]))
+  flat = (n * k,) + crops.shape[2:]
+  # Each crop's mean window is flipped with it below.
+  x = normalise_on_device(convention, crops.reshape(flat),
+                          None if mean is None else mean.reshape(flat))
   if flips:
     x = jnp.concatenate([x, x[:, :, ::-1]])
   return output.merge_crops(output.crop(model, x), flips, n, k)
@@ -208,13 +222,21 @@ class DenseEngine:
   def _fetch(self, tree, n):
     return jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], tree)
 
-  def crops(self, crops: np.ndarray, flips: bool, batch: int):
-    """crops (n, k, crop, crop, C) uint8 -> the output of each image."""
+  def crops(self, crops: np.ndarray, flips: bool, batch: int, mean=None):
+    """crops (n, k, crop, crop, C) uint8 -> the output of each image.
+
+    ``mean``: float32, the shape of ``crops``: the per-pixel mean under each
+    crop (required by a mean-image convention: ``mean_image.views``)."""
+    self.convention.check_mean_window(mean)
     n = len(crops)
     size = self.placement.padded_size(n, batch)
+    if mean is not None:
+      mean = self.placement.put(sharding_lib.pad_rows(
+          np.asarray(mean, np.float32), size))
     out = _crop_program(self.graphdef, self.convention, self.output,
                         bool(flips), self.state,
-                        self.placement.put(sharding_lib.pad_rows(crops, size)))
+                        self.placement.put(sharding_lib.pad_rows(crops, size)),
+                        mean)
     return self._fetch(out, n)
 
   def images(self, canvas: np.ndarray, hw: np.ndarray, batch: int, *,
@@ -223,12 +245,22 @@ class DenseEngine:
     the output of each image (and of its flip, merged, when ``flips``)."""
     n = len(canvas)
     size = self.placement.padded_size(n, batch)
+    mean = None
+    if self.convention.mean_image:
+      # The whole image is not a window of the central square: its mean is
+      # the mean canvas (the mean image over the central square, borders
+      # replicated; vgg_jax/mean_image.py), in the same top-left corner.
+      mean = np.zeros((size,) + canvas.shape[1:], np.float32)
+      for i, (h, w) in enumerate(np.asarray(hw)):
+        mean[i, :h, :w] = mean_image_lib.canvas(self.convention.mean_image,
+                                                (h, w))
+      mean = self.placement.put(mean)
     # Padding rows get a 1x1 "image": masked like any other, then dropped.
     hw = np.concatenate([hw, np.ones((size - n, 2), hw.dtype)])
     out = _dense_program(self.graphdef, self.convention, self.output,
                          bool(flips), self.state,
                          self.placement.put(sharding_lib.pad_rows(canvas, size)),
-                         self.placement.put(hw.astype(np.int32)))
+                         self.placement.put(hw.astype(np.int32)), mean)
     return self._fetch(out, n)
 
 
@@ -239,12 +271,17 @@ class CropBatcher:
                grid: int, batch_size: int):
     self.engine, self.sink, self.kind = engine, sink, kind
     self.crop, self.grid, self.batch_size = crop, grid, batch_size
-    self.views, self.rows = [], []
+    self.mean_image = engine.convention.mean_image
+    self.views, self.means, self.rows = [], [], []
 
   def add(self, row: int, img: np.ndarray):
     # Flips of the multicrop grid are cut on device.
     self.views.append(preprocess.protocol_views(img, self.kind, self.crop,
                                                 self.grid, flips=False))
+    if self.mean_image:  # the same views of the image's mean canvas
+      self.means.append(mean_image_lib.views(
+          self.mean_image, img.shape, self.kind, self.crop, self.grid,
+          flips=False))
     self.rows.append(row)
     if len(self.rows) >= self.batch_size:
       self.flush()
@@ -254,8 +291,8 @@ class CropBatcher:
       return
     self.sink(self.rows, self.engine.crops(
         np.stack(self.views), self.kind in ("multicrop", "tencrop"),
-        self.batch_size))
-    self.views, self.rows = [], []
+        self.batch_size, np.stack(self.means) if self.means else None))
+    self.views, self.means, self.rows = [], [], []
 
 
 class DenseBatcher:
