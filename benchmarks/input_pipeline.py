@@ -134,7 +134,9 @@ def ours(jpegs, seconds, batch=16):
   step = iter(range(10**9))
 
   def train(idx):
-    return train_batch(next(step), np.asarray(idx))["image"]
+    first = next(step) * batch
+    return train_batch({"index": np.asarray(idx), "position": np.arange(
+        first, first + len(idx))})["image"]
 
   batcher = ip._EvalBatcher(conv)  # pylint: disable=protected-access
 

@@ -106,19 +106,91 @@ def test_fashion_mnist_train_deterministic_resumable_and_fast_path():
   np.testing.assert_array_equal(rgb["image"][..., 1], x["image"][..., 0])
 
 
-def test_train_indices_disjoint_shards_reshuffled_per_epoch():
-  n, procs = 103, 3
-  shards = []
-  for p in range(procs):
-    ds = ip.train_indices(n, seed=7, process_index=p, process_count=procs)
-    size = len(range(p, n, procs))
-    epoch0 = [ds[i] for i in range(size)]
-    epoch1 = [ds[size + i] for i in range(size)]
-    assert sorted(epoch0) == sorted(epoch1) == list(range(p, n, procs))
-    assert epoch0 != epoch1  # a fresh permutation each epoch
-    shards.append(set(epoch0))
-  assert set().union(*shards) == set(range(n))
-  assert sum(len(s) for s in shards) == n  # disjoint
+def test_train_batches_one_global_order_for_any_process_count():
+  n, gbs = 103, 12
+  one = ip.train_batches(n, seed=7, local_batch=gbs, process_index=0,
+                         process_count=1)
+  batches = [one[k] for k in range(26)]  # 312 positions: 3 epochs and more
+  order = np.concatenate([b["index"] for b in batches])
+  np.testing.assert_array_equal(np.concatenate([b["position"] for b in batches]),
+                                np.arange(len(order)))
+  epochs = [order[e * n:(e + 1) * n].tolist() for e in range(3)]
+  for e in epochs:
+    assert sorted(e) == list(range(n))  # each epoch: every example once
+  assert epochs[0] != epochs[1] != epochs[2]  # reshuffled every epoch
+  # P processes: process p holds rows [p*b, (p+1)*b) of the same global
+  # batches, positions included.
+  for procs in (2, 3, 4):
+    shards = [ip.train_batches(n, seed=7, local_batch=gbs // procs,
+                               process_index=p, process_count=procs)
+              for p in range(procs)]
+    for k, ref in enumerate(batches):
+      for key in ("index", "position"):
+        np.testing.assert_array_equal(
+            np.concatenate([s[k][key] for s in shards]), ref[key])
+  plain = ip.train_batches(n, seed=7, local_batch=6, process_index=1,
+                           process_count=2, shuffle=False)
+  np.testing.assert_array_equal(plain[17]["index"],
+                                (17 * 12 + 6 + np.arange(6)) % n)
+
+
+def _write_idx(path, arr):
+  header = bytes([0, 0, 8, arr.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in arr.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def _global_batches(cfg, convention, procs, steps, gbs=16, seed=3):
+  """Each process's first ``steps`` batches: [step][process] -> batch."""
+  its = [ip.create_train_iterator(cfg, global_batch_size=gbs, seed=seed,
+                                  input_convention=convention,
+                                  process_index=p, process_count=procs)
+         for p in range(procs)]
+  return [[next(it) for it in its] for _ in range(steps)]
+
+
+def _assert_hosts_draw_differently_and_as_one_host(cfg, convention, steps,
+                                                   gbs):
+  # Every training example is the same image, so two rows differ only by
+  # their draws (scale, crop, flip, colour shift).
+  one = [b for (b,) in _global_batches(cfg, convention, 1, steps, gbs)]
+  for procs in (2, 4):
+    many = _global_batches(cfg, convention, procs, steps, gbs)
+    for ref, parts in zip(one, many):
+      for key in ref:  # the global batch does not depend on the host count
+        np.testing.assert_array_equal(
+            np.concatenate([b[key] for b in parts]), ref[key],
+            err_msg=f"{procs} processes: {key}")
+  local = gbs // 2
+  same = [bool(np.array_equal(p0["image"][j], p1["image"][j]))
+          for p0, p1 in _global_batches(cfg, convention, 2, steps, gbs)
+          for j in range(local)]
+  # Row j of host 0 and row j of host 1 get their own draws (they used to
+  # share them); a coincidence is rare.
+  assert sum(same) <= len(same) // 8, same
+
+
+def test_hosts_draw_differently_fashion_mnist_layout(tmp_path):
+  image = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+  _write_idx(tmp_path / "train-images-idx3-ubyte.gz",
+             np.broadcast_to(image, (40, 28, 28)))
+  _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(40) % 10)
+  cfg = ip.default_data_config()
+  cfg.data_dir, cfg.train_pad = str(tmp_path), 4  # 9 x 9 offsets x flip
+  _assert_hosts_draw_differently_and_as_one_host(
+      cfg, ip.input_convention(cfg), steps=3, gbs=16)
+
+
+def test_hosts_draw_differently_image_sources(tmp_path):
+  photo = F.jpeg_bytes(F.varied_photo(1))
+  for cls in ("a", "b"):
+    (tmp_path / "train" / cls).mkdir(parents=True)
+    for j in range(3):
+      (tmp_path / "train" / cls / f"{j}.JPEG").write_bytes(photo)
+  cfg = _folder_cfg(tmp_path, train_scale=[224, 320], pca_std=0.1)
+  _assert_hosts_draw_differently_and_as_one_host(cfg, conventions.PAPER,
+                                                 steps=2, gbs=4)
 
 
 @needs_fmnist

@@ -2,6 +2,7 @@
 real training steps, the loc_records source's box geometry."""
 
 import io
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import vgg_jax.localisation  # noqa: F401  (registers)
 from vgg_jax import input_pipeline, preprocess, tasks, train
 from vgg_jax.localisation import source as loc_source
 from vgg_jax.localisation import task as loc_task
+from vgg_jax.localisation import synth
 from vgg_jax.models import create_model
 
 C = 5
@@ -146,3 +148,42 @@ def test_source_moves_the_box_like_hand_arithmetic(seed):
                                          s)
   crop = full[top:top + 32, left:left + 32]
   np.testing.assert_array_equal(img, crop[:, ::-1] if flip else crop)
+
+
+@pytest.mark.skipif(
+    not pathlib.Path(synth.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"
+                     ).exists(), reason="apt-get install dataset-fashion-mnist")
+def test_source_batches_follow_the_global_order_on_any_process_count(
+    tmp_path):
+  synth.make_dataset(tmp_path, num_train=12, num_val=2, seed=3)
+  cfg = input_pipeline.default_data_config("loc_records")
+  cfg.data_dir, cfg.crop_size, cfg.train_scale = str(tmp_path), 48, (48, 64)
+  conv = input_pipeline.input_convention(cfg)
+
+  def run(procs, steps=2):
+    its = [input_pipeline.create_train_iterator(
+        cfg, global_batch_size=8, seed=5, input_convention=conv,
+        process_index=p, process_count=procs) for p in range(procs)]
+    return [[next(it) for it in its] for _ in range(steps)]
+
+  one, two = run(1), run(2)
+  for (ref,), parts in zip(one, two):
+    for k in ref:
+      np.testing.assert_array_equal(np.concatenate([b[k] for b in parts]),
+                                    ref[k], err_msg=k)
+  # Process 1's rows of step 1 are the examples at their global positions,
+  # each augmented (S, crop, flip, and the box with them) by the generator
+  # of its global position.
+  rows = input_pipeline.train_batches(12, seed=5, local_batch=4,
+                                      process_index=1, process_count=2)[1]
+  np.testing.assert_array_equal(rows["position"], [12, 13, 14, 15])
+  records = loc_source.LocEvalSource(cfg, "train")
+  ex = loc_source.LocTrainExample(cfg)
+  got = two[1][1]
+  for j, (i, g) in enumerate(zip(rows["index"], rows["position"])):
+    img, label, box, valid = ex(records.record(i), input_pipeline.example_rng(
+        input_pipeline.derived_seed(5, 1), g))
+    np.testing.assert_allclose(got["image"][j], conv.normalise(img),
+                               atol=1e-4)
+    assert got["label"][j] == label and got["box_valid"][j] == valid
+    np.testing.assert_array_equal(got["box"][j], box)

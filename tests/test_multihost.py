@@ -8,8 +8,10 @@ sums in a different order).
 
 The real command too: ``launch/local_multiprocess_cpu.sh`` running
 ``python -m vgg_jax.main`` (input pipeline, checkpointing and all) on a
-width-reduced Fashion-MNIST config must end with the parameters of the same
-command run in one process on one device.
+width-reduced Fashion-MNIST config, with shuffling, random crops, flips and
+dropout on, must end with the parameters of the same command run in one
+process on one device: the input pipeline's global batches do not depend on
+the number of processes.
 """
 
 import os
@@ -28,18 +30,16 @@ TIMEOUT = 600  # generous: 4 JAX processes compiling at once on a busy 2-core VM
 # The smallest Fashion-MNIST run the config allows: net A at 1/16 width, FC
 # 32, 3 steps of batch 16 (4 per device on 4 devices), no evaluation, a
 # checkpoint at the end; no warm-up, so that each step moves the weights.
-# Each process reads its own shard of the training set (examples p, p + P,
-# ...), so a P-process global batch holds the same examples as the
-# one-process batch only in file order (no shuffling), and in another order
-# within the batch: per-position randomness (flips, dropout masks) would
-# differ, so both are off here.  (Dropout under sharding is covered by the
-# A-BN runs above.)
+# Shuffling, flips and dropout stay on, and a 4-pixel zero border makes the
+# crop offsets random too: the global batch of a step (order, examples,
+# draws; the input pipeline's global order) and the dropout mask (keyed by
+# the step, drawn over the global batch) are the same on any number of
+# processes, so the runs must agree.
 TINY_RUN = ["--config.model.width_mult=0.0625", "--config.model.fc_width=32",
             "--config.batch_size=16", "--config.eval_batch_size=16",
             "--config.total_steps=3", "--config.warmup_steps=0",
             "--config.eval_every_steps=0", "--config.log_every_steps=1",
-            "--config.data.shuffle=False", "--config.data.flip=False",
-            "--config.model.dropout_rate=0.0"]
+            "--config.data.train_pad=4"]
 
 
 def _free_port() -> int:
@@ -169,6 +169,12 @@ def test_real_command_two_processes_equals_one_device(main_runs):
   two, meta2 = _params_of_workdir(main_runs / "2x2")
   one, meta1 = _params_of_workdir(main_runs / "1x1")
   assert meta2["step"] == meta1["step"] == 3
+  # With everything random on: shuffling, flips, crop offsets, dropout.
+  for run in ("2x2", "1x1"):
+    cfg = json.loads((main_runs / run / "config.json").read_text())
+    assert cfg["data"]["shuffle"] and cfg["data"]["flip"], run
+    assert cfg["data"]["train_pad"] == 4, run
+    assert cfg["model"]["dropout_rate"] > 0, run
   assert sorted(two) == sorted(one) and any("conv" in k for k in one)
   for k in one:
     np.testing.assert_allclose(two[k], one[k], rtol=2e-4, atol=2e-6,

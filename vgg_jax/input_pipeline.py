@@ -19,11 +19,14 @@ Sources (``data_cfg.source``):
 
 Training iterator (``create_train_iterator``): yields
 ``{"image": float32 (local_batch, crop, crop, C), "label": int32 (local_batch,)}``
-forever.  Each process reads a disjoint shard (``jax.process_index()`` of
-``jax.process_count()``, overridable); each epoch is reshuffled; every random
-draw is seeded from (seed, batch number, position in the batch), so the same
-seed and step give the same batch on every run and for any number of grain
-workers.
+forever.  One global order for every process count (``train_batches``):
+position g of the run is example ``order[g]``, ``order`` being the training
+set reshuffled each epoch from (seed, epoch); global batch k is positions
+[kB, (k+1)B) and process p (``jax.process_index()`` of
+``jax.process_count()``, overridable) takes rows [kB + pb, kB + (p+1)b).
+Every random draw is a function of (seed, g), so the global batch of step k
+is the same on 1 or P hosts, hosts draw differently, and the same seed and
+step give the same batch on every run and for any number of grain workers.
 ``get_state()``/``set_state()`` (JSON-serialisable dicts) make a resumed run see
 exactly the batches an uninterrupted one would; the iterator is a
 ``grain.DatasetIterator`` so orbax's ``grain.checkpoint.CheckpointSave`` works
@@ -223,39 +226,58 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
 
 
 def batch_random_crop_flip(images: np.ndarray, crop: int, pad: int, flip: bool,
-                           rng: np.random.Generator) -> np.ndarray:
+                           rng: np.random.Generator, *,
+                           draw_rows: tuple[int, int] | None = None
+                           ) -> np.ndarray:
   """Vectorised random crop (after zero-padding by ``pad``) and flip.
 
   ``images``: (B, H, W) or (B, H, W, C).  Same distribution as calling
-  ``preprocess.random_crop``/``horizontal_flip`` per image.
+  ``preprocess.random_crop``/``horizontal_flip`` per image.  With
+  ``draw_rows=(first, total)`` the draws are made for ``total`` rows (a
+  whole global batch) and rows ``first .. first + B`` are used, so a
+  process's rows get the draws they get in the one-process batch.
   """
   if pad:
     widths = [(0, 0), (pad, pad), (pad, pad)] + [(0, 0)] * (images.ndim - 3)
     images = np.pad(images, widths)
   b, h, w = images.shape[:3]
-  tops = rng.integers(0, h - crop + 1, size=b)
-  lefts = rng.integers(0, w - crop + 1, size=b)
+  first, total = draw_rows or (0, b)
+  if first < 0 or first + b > total:
+    raise ValueError(f"draw_rows {draw_rows} do not hold {b} rows")
+  rows_used = slice(first, first + b)
+  tops = rng.integers(0, h - crop + 1, size=total)[rows_used]
+  lefts = rng.integers(0, w - crop + 1, size=total)[rows_used]
   cols = lefts[:, None] + np.arange(crop)[None, :]  # (B, crop)
   if flip:
-    flips = rng.random(b) < 0.5
+    flips = (rng.random(total) < 0.5)[rows_used]
     cols = np.where(flips[:, None], cols[:, ::-1], cols)
   rows = tops[:, None] + np.arange(crop)[None, :]
   return images[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 class _FashionMnistAugment:
-  """Batch of indices + rng -> augmented, normalised batch (vectorised)."""
+  """This process's rows of a global batch -> augmented, normalised batch.
 
-  def __init__(self, images, labels, data_cfg, convention):
+  Vectorised: global batch k draws every row's crop and flip from
+  ``default_rng([seed, k])`` at once and each process keeps its own rows,
+  so an example's draws depend on (seed, its global position) only.
+  """
+
+  def __init__(self, images, labels, data_cfg, convention, seed,
+               global_batch):
     self.images, self.labels = images, labels
     self.crop, self.pad = int(data_cfg.crop_size), int(data_cfg.train_pad)
     self.flip = bool(data_cfg.flip)
     self.channels = int(data_cfg.image_channels)
     self.convention = convention
+    self.seed, self.global_batch = int(seed), int(global_batch)
 
-  def __call__(self, idx: np.ndarray, rng: np.random.Generator):
+  def __call__(self, batch: dict):
+    idx = batch["index"]
+    k, first = divmod(int(batch["position"][0]), self.global_batch)
     x = batch_random_crop_flip(self.images[idx], self.crop, self.pad,
-                               self.flip, rng)
+                               self.flip, np.random.default_rng([self.seed, k]),
+                               draw_rows=(first, self.global_batch))
     x = readers.grey_to_channels(x, self.channels)
     return {"image": preprocess.normalise_images(x, self.convention),
             "label": self.labels[idx],
@@ -269,12 +291,13 @@ def _fashion_mnist_train(data_cfg, *, local_batch, seed, convention,
     raise ValueError("scale jittering is not supported for Fashion-MNIST "
                      "(in-memory pre-rescaled images); use an int train_scale")
   images, labels = readers.fashion_mnist_resized(data_cfg, data_cfg.train_split, lo)
-  augment = _FashionMnistAugment(images, labels, data_cfg, convention)
-  ds = train_indices(len(labels), seed=seed, process_index=process_index,
-                     process_count=process_count, shuffle=data_cfg.shuffle)
-  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=np.asarray)
-  ds = ds.random_map(augment, seed=_derived_seed(seed, 1))
-  return ds.to_iter_dataset(_read_options(data_cfg))
+  augment = _FashionMnistAugment(images, labels, data_cfg, convention,
+                                 _derived_seed(seed, 1),
+                                 local_batch * process_count)
+  ds = train_batches(len(labels), seed=seed, local_batch=local_batch,
+                     process_index=process_index, process_count=process_count,
+                     shuffle=data_cfg.shuffle)
+  return ds.map(augment).to_iter_dataset(_read_options(data_cfg))
 
 
 # ----------------------------------------------------------------------------
@@ -285,18 +308,62 @@ def _derived_seed(seed: int, stream: int) -> int:
   return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
 
 
-def train_indices(num_examples: int, *, seed: int, process_index: int,
-                  process_count: int, shuffle: bool = True) -> grain.MapDataset:
-  """The endless stream of example indices one process trains on.
+def example_rng(seed: int, position: int, attempt: int = 0
+                ) -> np.random.Generator:
+  """The generator of every draw (S, crop, flip, alpha) of the example at
 
-  Process p owns examples p, p + P, p + 2P, ... (disjoint shards); each
-  epoch of its shard is a fresh permutation (grain folds the epoch into the
-  shuffle seed).
+  global position ``position`` of the run (``train_batches``); ``attempt``
+  1 is for the replacement of an undecodable example.
   """
-  ds = grain.MapDataset.range(num_examples)[process_index::process_count]
+  key = [int(seed), int(position)] + ([int(attempt)] if attempt else [])
+  return np.random.default_rng(key)
+
+
+class _ProcessRows:
+  """Global batch number k -> this process's rows of it (see train_batches)."""
+
+  def __init__(self, order: grain.MapDataset, local_batch: int,
+               process_index: int, process_count: int):
+    self.order = order
+    self.local_batch = local_batch
+    self.global_batch = local_batch * process_count
+    self.first_row = local_batch * process_index
+
+  def __call__(self, k: int) -> dict:
+    start = int(k) * self.global_batch + self.first_row
+    positions = np.arange(start, start + self.local_batch, dtype=np.int64)
+    return {"position": positions,
+            "index": np.asarray([self.order[int(g)] for g in positions],
+                                np.int64)}
+
+
+def train_batches(num_examples: int, *, seed: int, local_batch: int,
+                  process_index: int, process_count: int,
+                  shuffle: bool = True) -> grain.MapDataset:
+  """The endless training batches of one process, as example indices.
+
+  One global order whatever the process count: position g of the run holds
+  example ``order[g]``, where each epoch of ``order`` is a fresh permutation
+  of the whole training set (grain folds the epoch into the shuffle seed),
+  a function of (seed, epoch) only.  Global batch k is positions
+  [kB, (k+1)B), B = ``local_batch * process_count``; process p takes rows
+  [kB + pb, kB + (p+1)b), the rows ``jax.make_array_from_process_local_data``
+  puts on its devices.  Element k: ``{"position": int64 (b,), "index": int64
+  (b,)}``; key every random draw by ``position`` (``example_rng``) and the
+  global batch of step k is the same on any number of processes.
+  """
+  if num_examples < 1:
+    raise ValueError("the training split has no examples")
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f"process_index {process_index} not in [0, {process_count})")
+  order = grain.MapDataset.range(num_examples)
   if shuffle:
-    ds = ds.shuffle(seed=seed)
-  return ds.repeat()
+    order = order.shuffle(seed=seed)
+  order = order.repeat()
+  num_batches = len(order) // (local_batch * process_count)
+  return grain.MapDataset.range(num_batches).map(
+      _ProcessRows(order, local_batch, process_index, process_count))
 
 
 def _read_options(data_cfg) -> grain.ReadOptions:
@@ -727,14 +794,15 @@ class _TrainExample:
 
 
 class _TrainBatch:
-  """(batch number, source indices) -> a finished training batch.
+  """{"position", "index"} (``train_batches``) -> a finished training batch.
 
   Works on whole batches inside grain's MapDataset stage, so a batch depends
-  only on (seed, batch number): not on reader threads or worker processes,
-  and resuming is exact.  Example j of batch k draws its randomness from
-  ``default_rng([seed, k, j])``.  An undecodable image is skipped (logged,
-  counted in ``num_skipped``) and its slot refilled with another example of
-  the same batch, freshly augmented, so batches keep their size.
+  only on (seed, positions): not on reader threads, worker processes or the
+  number of hosts, and resuming is exact.  The example at global position g
+  draws its randomness from ``example_rng(seed, g)``.  An undecodable image
+  is skipped (logged, counted in ``num_skipped``) and its slot refilled with
+  another example of this process's rows of the batch, freshly augmented,
+  so batches keep their size.
   """
 
   def __init__(self, data_cfg, source, convention, seed):
@@ -742,24 +810,25 @@ class _TrainBatch:
     self.convention = convention
     self.seed = int(seed)
 
-  def __call__(self, batch_number: int, indices: np.ndarray) -> dict:
+  def __call__(self, batch: dict) -> dict:
+    indices, positions = batch["index"], batch["position"]
     crop = self.example.crop
     images = np.empty((len(indices), crop, crop, 3), np.float32)
-    made = [self.example(int(i), np.random.default_rng(
-        [self.seed, batch_number, j]), images[j], self.convention)
-            for j, i in enumerate(indices)]
+    made = [self.example(int(i), example_rng(self.seed, g), images[j],
+                         self.convention)
+            for j, (i, g) in enumerate(zip(indices, positions))]
     good = [j for j, m in enumerate(made) if m is not None]
     if not good:
       raise ValueError(
-          f"none of the {len(indices)} training images of batch "
-          f"{batch_number} could be decoded (indices {list(indices)[:8]}...): "
+          f"none of the {len(indices)} training images at positions "
+          f"{positions[0]}.. could be decoded (indices {list(indices)[:8]}...): "
           "is the dataset corrupt? `python -m vgg_jax.data prepare folder "
           "--check` lists undecodable files")
     skipped = np.zeros(len(indices), np.int32)
     for n, j in enumerate(j for j, m in enumerate(made) if m is None):
       donor = int(indices[good[n % len(good)]])
-      made[j] = self.example(donor, np.random.default_rng(
-          [self.seed, batch_number, j, 1]), images[j], self.convention)
+      made[j] = self.example(donor, example_rng(self.seed, positions[j], 1),
+                             images[j], self.convention)
       skipped[j] = 1
     for j, (img, _, shift) in enumerate(made):
       if img is not None:  # else already written, normalised, into images[j]
@@ -774,14 +843,10 @@ def _image_train(data_cfg, *, local_batch, seed, convention, process_index,
   source = image_source(data_cfg, data_cfg.train_split)
   if data_cfg.image_channels != 3:
     raise ValueError("image sources are RGB: set data_cfg.image_channels=3")
-  if len(source) < process_count:
-    raise ValueError(f"{len(source)} training examples cannot be shared by "
-                     f"{process_count} processes")
-  ds = train_indices(len(source), seed=seed, process_index=process_index,
-                     process_count=process_count, shuffle=data_cfg.shuffle)
-  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=np.asarray)
-  ds = ds.map_with_index(
-      _TrainBatch(data_cfg, source, convention, _derived_seed(seed, 1)))
+  ds = train_batches(len(source), seed=seed, local_batch=local_batch,
+                     process_index=process_index, process_count=process_count,
+                     shuffle=data_cfg.shuffle)
+  ds = ds.map(_TrainBatch(data_cfg, source, convention, _derived_seed(seed, 1)))
   return ds.to_iter_dataset(_read_options(data_cfg))
 
 

@@ -77,6 +77,29 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   return global_batch_size // procs
 
 
+def process_row_block(mesh: Mesh, global_batch_size: int) -> int:
+  """Which block of ``global / processes`` consecutive rows of the global
+
+  batch this process's devices hold (``shard_batch`` puts its rows there),
+  so the input pipeline can read exactly those rows of the global order.
+  ``jax.process_index()`` on the usual meshes; a mesh that gives a process
+  scattered rows is a clear error.
+  """
+  local = check_batch_size(global_batch_size, mesh)
+  held = batch_sharding(mesh).addressable_devices_indices_map(
+      (global_batch_size,))
+  rows = sorted({r for index in held.values()
+                 for r in range(*index[0].indices(global_batch_size))})
+  first = rows[0]
+  if rows != list(range(first, first + local)) or first % local:
+    raise ValueError(
+        f"process {jax.process_index()}'s devices hold rows {rows[:4]}..."
+        f"{rows[-1]} of a global batch of {global_batch_size}, not one block "
+        f"of {local} consecutive rows: the input pipeline cannot feed this "
+        "mesh; build it with sharding.make_mesh")
+  return first // local
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh
                 ) -> dict[str, jax.Array]:
   """This process's slice of the global batch -> one global jax.Array per key.

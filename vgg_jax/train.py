@@ -458,9 +458,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       initial_lr=config.lr, factor=config.lr_factor,
       patience=config.plateau.patience, min_delta=config.plateau.min_delta,
       max_drops=config.plateau.max_drops)
+  # This process reads the rows of the global order that its devices hold.
   train_iter = input_pipeline.create_train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
-      input_convention=convention)
+      input_convention=convention,
+      process_index=sharding_lib.process_row_block(mesh, config.batch_size),
+      process_count=jax.process_count())
 
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
                                     async_save=config.async_checkpoints)

@@ -11,10 +11,12 @@ range, the shorter side rescaled to S, a random crop, a random horizontal
 flip; the image's boxes follow (``boxes.to_crop_frame``) and the target is
 chosen by ``boxes.crop_target`` (OverFeat's >= ``min_visible`` rule, the
 largest visible box of the image's class), encoded by ``boxes.encode``.
-Batches are a function of (seed, batch number) only, like the other sources
-(``input_pipeline.train_indices``; example j of batch k draws from
-``default_rng([seed, k, j])``): deterministic and resumable.  An undecodable
-image is skipped, counted in ``num_skipped`` and its slot refilled.
+Batches follow the other sources' global order (``input_pipeline.
+train_batches``: the same global batch on any number of hosts, each host its
+own rows) and the example at global position g draws from
+``input_pipeline.example_rng(seed, g)``: deterministic and resumable, and
+hosts draw differently.  An undecodable image is skipped, counted in
+``num_skipped`` and its slot refilled.
 
 The box options live in the data config (``data.box_normalisation``,
 ``data.min_visible``, ``data.multi_box``) so the source needs only it.
@@ -133,7 +135,7 @@ class LocTrainExample:
 
 
 class LocTrainBatch:
-  """(batch number, indices) -> {image, label, box, box_valid, num_skipped}."""
+  """{"position", "index"} -> {image, label, box, box_valid, num_skipped}."""
 
   def __init__(self, data_cfg, records, convention, seed):
     self.example = LocTrainExample(data_cfg)
@@ -141,19 +143,21 @@ class LocTrainBatch:
     self.convention = convention
     self.seed = int(seed)
 
-  def __call__(self, batch_number: int, indices: np.ndarray) -> dict:
-    made = [self.example(self.records[int(i)], np.random.default_rng(
-        [self.seed, batch_number, j])) for j, i in enumerate(indices)]
+  def __call__(self, batch: dict) -> dict:
+    indices, positions = batch["index"], batch["position"]
+    made = [self.example(self.records[int(i)],
+                         input_pipeline.example_rng(self.seed, g))
+            for i, g in zip(indices, positions)]
     good = [j for j, m in enumerate(made) if m is not None]
     if not good:
-      raise ValueError(f"none of the {len(indices)} training images of batch "
-                       f"{batch_number} could be decoded: are the records "
-                       "corrupt?")
+      raise ValueError(f"none of the {len(indices)} training images at "
+                       f"positions {positions[0]}.. could be decoded: are "
+                       "the records corrupt?")
     skipped = np.zeros(len(indices), np.int32)
     for n, j in enumerate(j for j, m in enumerate(made) if m is None):
       donor = int(indices[good[n % len(good)]])
-      made[j] = self.example(self.records[donor], np.random.default_rng(
-          [self.seed, batch_number, j, 1]))
+      made[j] = self.example(self.records[donor], input_pipeline.example_rng(
+          self.seed, positions[j], 1))
       skipped[j] = 1
     crop = self.example.crop
     images = np.empty((len(made), crop, crop, 3), np.float32)
@@ -188,14 +192,11 @@ class LocRecords(input_pipeline.DataSource):
                     process_index, process_count):
     records = loc_records.LocRecordSource(
         records_path(data_cfg, data_cfg.train_split))
-    if len(records) < process_count:
-      raise ValueError(f"{len(records)} training examples cannot be shared "
-                       f"by {process_count} processes")
-    ds = input_pipeline.train_indices(
-        len(records), seed=seed, process_index=process_index,
-        process_count=process_count, shuffle=data_cfg.shuffle)
-    ds = ds.batch(local_batch, drop_remainder=True, batch_fn=np.asarray)
-    ds = ds.map_with_index(LocTrainBatch(
+    ds = input_pipeline.train_batches(
+        len(records), seed=seed, local_batch=local_batch,
+        process_index=process_index, process_count=process_count,
+        shuffle=data_cfg.shuffle)
+    ds = ds.map(LocTrainBatch(
         data_cfg, records, convention,
         input_pipeline.derived_seed(seed, 1)))
     return ds.to_iter_dataset(input_pipeline.read_options(data_cfg))
