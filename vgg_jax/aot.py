@@ -206,6 +206,8 @@ def build_step(config, devices: list, *, platform: str = "tpu",
                             steps_per_epoch=steps_per_epoch,
                             warmup_steps=dur("warmup", 0))
   # "auto" picks by the backend that runs the step: the target's, not ours.
+  # A CPU target gets the fixed im2col schedule: timing schedules here would
+  # measure this machine, not the target.
   conv_impl = config.model.conv_impl
   if conv_impl == "auto":
     conv_impl = "im2col" if platform == "cpu" else "xla"
