@@ -124,12 +124,12 @@ def test_tuning_batch_by_hand():
 def test_summary_picks_the_fastest_median_and_prefers_earlier_on_ties():
   times = {"im2col": [1.0, 9.0, 1.0], "xla": [0.5, 0.6, 0.4],
            "taps": [0.45, 0.5, 0.55]}
-  s = conv_autotune._summary(times)  # pylint: disable=protected-access
+  s = conv_autotune.summarise(times)
   # Medians: im2col 1.0, xla 0.5, taps 0.5: the tie goes to xla (earlier).
   assert s["choice"] == "xla"
   assert s["relative_to_im2col"] == {"im2col": 1.0, "xla": 0.5, "taps": 0.5}
   times["taps"] = [0.3, 0.3, 0.3]
-  assert conv_autotune._summary(times)["choice"] == "taps"  # pylint: disable=protected-access
+  assert conv_autotune.summarise(times)["choice"] == "taps"
 
 
 @pytest.fixture
@@ -170,7 +170,8 @@ def test_autotune_times_once_then_reads_the_cache(cache_dir, monkeypatch):
   data = json.loads(path.read_text())
   assert data["machine"] == conv_autotune.machine_key()
   (key, entry), = data["entries"].items()
-  assert "x2x6x6x3:float32" in key and "w3x3x3x4" in key
+  assert key.startswith("w3x3x3x4:float32|x:float32|s1,1|p1,1,1,1|")
+  assert entry["tuned_batch"] == 2 and entry["tuned_input"] == [6, 6, 3]
   assert entry["choice"] == choice
   assert set(entry["relative_to_im2col"]) <= set(conv_lib.SCHEDULES)
   assert entry["relative_to_im2col"]["im2col"] == 1.0
@@ -184,9 +185,13 @@ def test_autotune_times_once_then_reads_the_cache(cache_dir, monkeypatch):
   monkeypatch.setattr(conv_autotune, "time_schedules", no_timing)
   assert conv_autotune.choose(**TINY) == choice
   assert conv_autotune.decisions()[key]["source"] == "cache"
-  # A different shape is a different key: it would be timed.
-  with pytest.raises(AssertionError, match="timed although"):
-    conv_autotune.choose(**dict(TINY, rhs_shape=(3, 3, 3, 5)))
+  # A nearby image size shares the key (half-octaves of pixels: 6x6 and
+  # 5x7 outputs); other widths, or sizes an octave away, are timed.
+  assert conv_autotune.choose(**dict(TINY, lhs_shape=(2, 5, 7, 3))) == choice
+  for other in (dict(rhs_shape=(3, 3, 3, 5)), dict(lhs_shape=(2, 12, 6, 3)),
+                dict(lhs_shape=(1, 6, 6, 3))):
+    with pytest.raises(AssertionError, match="timed although"):
+      conv_autotune.choose(**dict(TINY, **other))
 
 
 def test_a_cached_choice_is_what_runs(cache_dir, monkeypatch):

@@ -156,14 +156,28 @@ def store(path: pathlib.Path, machine: dict[str, Any], key: str,
   files.atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def _out_hw(lhs_shape, rhs_shape, strides, pads) -> tuple[int, int]:
+  return tuple((lhs_shape[1 + a] + sum(pads[a]) - rhs_shape[a])
+               // strides[a] + 1 for a in (0, 1))
+
+
 def shape_key(lhs_shape, rhs_shape, strides, pads, dtype, rhs_dtype,
               preferred_element_type, precision) -> str:
+  """The cache key of a convolution: kernel, strides, padding and dtypes
+  exactly; the image size and the timed batch by half-octaves of output
+  pixels per image and octaves of images.  Dense evaluation at many image
+  sizes (paper §3.2) then times each layer a few times, not once per size:
+  schedules' relative speeds change with the size gradually."""
   pet = None if preferred_element_type is None else jnp.dtype(
       preferred_element_type).name
-  return (f"x{'x'.join(map(str, lhs_shape))}:{jnp.dtype(dtype).name}"
-          f"|w{'x'.join(map(str, rhs_shape))}:{jnp.dtype(rhs_dtype).name}"
-          f"|s{strides[0]},{strides[1]}"
+  out_h, out_w = _out_hw(lhs_shape, rhs_shape, strides, pads)
+  pixels = round(2 * math.log2(max(out_h * out_w, 1)))
+  images = round(math.log2(tuning_batch(lhs_shape, rhs_shape, strides,
+                                        pads)))
+  return (f"w{'x'.join(map(str, rhs_shape))}:{jnp.dtype(rhs_dtype).name}"
+          f"|x:{jnp.dtype(dtype).name}|s{strides[0]},{strides[1]}"
           f"|p{pads[0][0]},{pads[0][1]},{pads[1][0]},{pads[1][1]}"
+          f"|pixels~2^{pixels / 2:g}|images~2^{images}"
           f"|out:{pet}|prec:{precision}")
 
 
@@ -173,10 +187,9 @@ def tuning_batch(lhs_shape, rhs_shape, strides, pads,
   (forward + both gradients), at most the layer's own batch."""
   if target_flops is None:
     target_flops = float(os.environ.get(FLOPS_ENV, DEFAULT_FLOPS))
-  n, h, w, _ = lhs_shape
+  n = lhs_shape[0]
   kh, kw, c_in, c_out = rhs_shape
-  out_h = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
-  out_w = (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
+  out_h, out_w = _out_hw(lhs_shape, rhs_shape, strides, pads)
   per_image = 2 * 3 * out_h * out_w * kh * kw * c_in * c_out
   return int(min(n, max(1, math.ceil(target_flops / max(per_image, 1)))))
 
@@ -234,9 +247,10 @@ def time_schedules(lhs_shape, rhs_shape, strides, pads, dtype,
     if not warm:
       return {}
     # A schedule far behind on its warm-up call is not timed further (it
-    # cannot win; this saves most of the tuning time).
-    live = [n for n in warm
-            if not prune or warm[n] <= prune * min(warm.values())]
+    # cannot win; this saves most of the tuning time).  im2col always is:
+    # the reference the report's ratios are relative to.
+    live = [n for n in warm if n == "im2col" or not prune
+            or warm[n] <= prune * min(warm.values())]
     # Short calls are timed in groups of ~MIN_TIMING_S, so that one
     # scheduler hiccup on a shared machine is not the whole sample.
     calls = min(MAX_CALLS, max(1, math.ceil(
@@ -257,7 +271,7 @@ def time_schedules(lhs_shape, rhs_shape, strides, pads, dtype,
     return pool.submit(run).result()
 
 
-def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
+def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
   medians = {n: statistics.median(t) for n, t in times.items() if t}
   # Ties (within 1%) go to the earlier schedule of conv.SCHEDULES.
   best_time = min(medians.values())
@@ -308,7 +322,8 @@ def choose(lhs_shape, rhs_shape, strides, pads, dtype, rhs_dtype=None,
                            precision, candidates)
     if not times:
       return "im2col"
-    entry = dict(_summary(times), tuned_batch=batch,
+    entry = dict(summarise(times), tuned_batch=batch,
+                 tuned_input=list(lhs_shape[1:]),
                  tuning_seconds=round(time.perf_counter() - t0, 2))
     log.info("%s -> %s (%s)", key, entry["choice"],
              entry["relative_to_im2col"])
