@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 
 from vgg_jax import optim, sharding, train
-from vgg_jax.models import count_macs, create_model, net_spec
+from vgg_jax.models import conv_autotune, count_macs, create_model, net_spec
 
 KERAS_APPS = {"D": "VGG16", "E": "VGG19"}
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
@@ -112,9 +112,40 @@ def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes,
   loss = float(holder["metrics"]["loss_sum"] / holder["metrics"]["examples"])
   if not np.isfinite(loss):
     raise FloatingPointError(f"our step produced a non-finite loss {loss}")
-  return {"seconds_per_step": statistics.median(times), "all_seconds": times,
-          "compile_and_first_step_s": compile_s,
-          "conv_impl": conv_impl}
+  row = {"seconds_per_step": statistics.median(times), "all_seconds": times,
+         **spread(times), "compile_and_first_step_s": compile_s,
+         "conv_impl": conv_impl}
+  if conv_impl in ("auto", "autotune"):
+    # The schedule each conv shape got (and each schedule's time relative to
+    # im2col when it was timed), so a reader sees what "auto" ran.
+    row["conv_schedules"] = conv_autotune.decisions()
+  return row
+
+
+def spread(times: list[float]) -> dict:
+  """Min / median / max step seconds: on a shared machine one number hides
+  how much the load moved the step."""
+  return {"seconds_min": min(times), "seconds_median": statistics.median(times),
+          "seconds_max": max(times)}
+
+
+def cpu_description() -> dict:
+  """The CPU this ran on: model name and the vector extensions that decide
+  which convolution schedule wins."""
+  key = conv_autotune.machine_key()
+  flags = set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = set(line.partition(":")[2].split())
+          break
+  except OSError:
+    pass
+  wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
+            "amx_bf16", "amx_tile")
+  return {"model": key["cpu"], "cores": key["cores"],
+          "vector_flags": [f for f in wanted if f in flags]}
 
 
 def keras_step(model_name, batch, size, dtype, steps, num_classes):
@@ -135,7 +166,7 @@ def keras_step(model_name, batch, size, dtype, steps, num_classes):
   compile_s = time.perf_counter() - t0
   times = _timed(lambda: model.train_on_batch(x, y), steps, warmup=1)
   return {"seconds_per_step": statistics.median(times), "all_seconds": times,
-          "compile_and_first_step_s": compile_s,
+          **spread(times), "compile_and_first_step_s": compile_s,
           "keras_version": keras.__version__, "app": KERAS_APPS[model_name]}
 
 
@@ -148,7 +179,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--num-classes", type=int, default=1000)
   p.add_argument("--conv-impl", default="auto",
-                 help="auto|xla|im2col; several comma-separated to compare")
+                 help="auto|autotune|xla|im2col|im2col_remat|rows|taps; "
+                 "several comma-separated to compare")
   # A width-reduced net, e.g. the Fashion-MNIST default: --model A
   # --image-size 32 --width-mult 0.1875 --fc-width 512 --head-window 1
   # --in-channels 1 --num-classes 10 --batch 128 (Keras is then skipped).
@@ -196,6 +228,8 @@ def main(argv=None):
   for r in rows:
     # Against the higher of the two peak measurements (conservative).
     r["fraction_of_peak"] = r["flops_per_s"] / peak_used
+    r["fraction_of_peak_fastest_step"] = (flops_per_step / r["seconds_min"]
+                                          / peak_used)
   keras_rows = [r for r in rows if r["implementation"].startswith("keras")]
   for r in rows:
     if keras_rows and r is not keras_rows[0]:
@@ -212,6 +246,7 @@ def main(argv=None):
       "peak": peak, "peak_after": peak_after,
       "peak_used_flops_per_s": peak_used,
       "device": f"{device.platform}: {device.device_kind}",
+      "cpu": cpu_description(),
       "device_count": jax.device_count(),
       "cpu_count": os.cpu_count(), "machine": platform.processor() or
       platform.machine(), "jax": jax.__version__, "rows": rows,
@@ -221,13 +256,28 @@ def main(argv=None):
         f"{args.dtype}, {report['device']} x{jax.device_count()}; "
         f"matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s before, "
         f"{peak_after['flops_per_s'] / 1e9:.1f} after (the higher is used)")
-  print(f"{'implementation':<22} {'s/step':>8} {'img/s':>9} {'GFLOP/s':>9} "
-        f"{'of peak':>8} {'vs keras':>9}")
+  print(f"CPU: {report['cpu']['model']} ({report['cpu']['cores']} cores; "
+        f"{' '.join(report['cpu']['vector_flags'])})")
+  print(f"{'implementation':<22} {'s/step':>8} {'min-max':>13} {'img/s':>9} "
+        f"{'GFLOP/s':>9} {'of peak':>8} {'vs keras':>9}")
   for r in rows:
     vs = f"{r['ratio_to_keras']:.2f}x" if "ratio_to_keras" in r else "-"
+    span = f"{r['seconds_min']:.2f}-{r['seconds_max']:.2f}"
     print(f"{r['implementation']:<22} {r['seconds_per_step']:>8.3f} "
-          f"{r['images_per_s']:>9.2f} {r['flops_per_s'] / 1e9:>9.1f} "
+          f"{span:>13} {r['images_per_s']:>9.2f} "
+          f"{r['flops_per_s'] / 1e9:>9.1f} "
           f"{r['fraction_of_peak']:>8.2f} {vs:>9}")
+  if keras_rows:
+    # The same ratio on the fastest and the slowest steps: how far the load
+    # could have moved the median ratio.
+    k = keras_rows[0]
+    for r in rows:
+      if r is not k:
+        r["ratio_to_keras_fastest_steps"] = k["seconds_min"] / r["seconds_min"]
+        r["ratio_to_keras_slowest_steps"] = k["seconds_max"] / r["seconds_max"]
+        print(f"{r['implementation']}: {r['ratio_to_keras_fastest_steps']:.2f}x"
+              f" Keras on the fastest steps, "
+              f"{r['ratio_to_keras_slowest_steps']:.2f}x on the slowest")
   out = pathlib.Path(args.output)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_suffix(".json.tmp")

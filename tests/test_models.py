@@ -321,6 +321,8 @@ def test_im2col_schedule_equals_lax_convolution(name, size):
 
 
 def test_conv_impl_auto_picks_im2col_on_cpu():
+  # With autotuning off, as the test session sets it (tests/conftest.py);
+  # with it on, "auto" is "autotune" on CPUs (tests/test_conv_schedules.py).
   m = create_model("A", rngs=nnx.Rngs(0), width_mult=0.125, fc_width=16)
   assert m.conv_impl == ("im2col" if jax.default_backend() == "cpu"
                          else "xla")

@@ -206,8 +206,10 @@ def build_step(config, devices: list, *, platform: str = "tpu",
                             steps_per_epoch=steps_per_epoch,
                             warmup_steps=dur("warmup", 0))
   # "auto" picks by the backend that runs the step: the target's, not ours.
+  # A CPU target gets the fixed im2col schedule ("autotune" too): timing
+  # schedules here would measure this machine, not the target.
   conv_impl = config.model.conv_impl
-  if conv_impl == "auto":
+  if conv_impl in ("auto", "autotune"):
     conv_impl = "im2col" if platform == "cpu" else "xla"
   channels = int(config.data.image_channels)
   # The one config -> model mapping (as training builds the net).

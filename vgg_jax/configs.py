@@ -52,8 +52,10 @@ def base_config(data_source: str = "tfds") -> ml_collections.ConfigDict:
       dropout_rate=0.5,
       # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
       dtype="float32",
-      # "auto" (patches x matrix on CPU, XLA's conv elsewhere), "xla",
-      # "im2col": see vgg_jax/models/conv.py.  Same weights and numbers.
+      # "auto" (on CPU each conv shape's fastest schedule, timed once per
+      # machine and cached; XLA's conv elsewhere), "autotune", or a pinned
+      # schedule "xla" | "im2col" | "im2col_remat" | "rows" | "taps":
+      # vgg_jax/models/conv.py.  Same weights and numbers.
       conv_impl="auto",
       # Max-pool output size: "floor" (VALID) or "ceil" (Caffe's; the
       # released VGG weights' own); models/geometry.py.

@@ -62,9 +62,13 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
     init: 'paper' (N(0, 0.01)), 'glorot', 'he' or 'alexnet'; defaults to
       'alexnet' for AlexNet and 'paper' otherwise.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay param_dtype.
-    conv_impl: 'xla' (lax.conv), 'im2col' (patches x matrix, faster on
-      CPUs) or 'auto' (im2col on CPU, xla elsewhere).  Same weights, same
-      results; only speed and memory differ (models/conv.py).
+    conv_impl: 'auto' (on CPUs 'autotune', or 'im2col' with
+      VGG_JAX_CONV_AUTOTUNE=0 or several processes; 'xla' elsewhere),
+      'autotune' (each conv shape's fastest schedule, timed once per machine
+      and cached: models/conv_autotune.py), or one schedule pinned: 'xla'
+      (lax.conv), 'im2col' (patches x matrix), 'im2col_remat', 'rows',
+      'taps' (models/conv.py).  Same weights, same results; only speed and
+      memory differ.
     pool_rounding: 'floor' (VALID, the training default) or 'ceil' (Caffe's
       pooling, a partial window at the edge; what the released VGG weights
       were trained and evaluated with).  Same weights; only the pooled sizes

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vgg_jax.models import conv as conv_lib
+from vgg_jax.models import conv_autotune
 from vgg_jax.models import geometry
 from vgg_jax.models import heads as heads_lib
 from vgg_jax.models import init as init_lib
@@ -77,11 +78,13 @@ class VGG(nnx.Module):
     self.num_classes = num_classes
     self.in_channels = in_channels
     self.dtype = dtype
-    # Same weights and numbers either way; see models/conv.py for why CPUs
-    # get the patches-times-matrix schedule.
+    # Same weights and numbers whichever schedule; see models/conv.py for
+    # why CPUs get matrix-product schedules, chosen per layer shape by
+    # timing ("autotune", models/conv_autotune.py).
     self.conv_impl = conv_lib.resolve_conv_impl(conv_impl)
-    conv_fn = (conv_lib.conv_general_dilated if self.conv_impl == "im2col"
-               else jax.lax.conv_general_dilated)
+    conv_fn = (conv_autotune.conv_general_dilated
+               if self.conv_impl == "autotune"
+               else conv_lib.schedule(self.conv_impl))
     c_in = in_channels
     for c in spec.convs:
       padding = c.padding if isinstance(c.padding, str) else (
