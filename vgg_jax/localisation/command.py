@@ -13,8 +13,8 @@ protocols on a localisation split, written as results.json / results.md
 (Table 9's fusion; dense only).  ``--model DIR:Q1,Q2`` tests that localiser
 at its own scales instead of ``--scales`` (Table 9 fuses a localiser tested
 at 256 with one tested at 352 and 384:
-``--model L256:256 --model L384:352,384``).  ``--classifier`` repeated: an ensemble (mean
-posteriors) gives the top-5 classes.  Box normalisation: read from each
+``--model L256:256 --model L384:352,384``).  ``--classifier`` repeated: an
+ensemble (mean posteriors) gives the top-5 classes.  Box normalisation: read from each
 localiser's workdir config (``data.box_normalisation``), else
 ``--normalisation``.
 """
