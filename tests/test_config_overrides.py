@@ -49,7 +49,8 @@ STAGES_BY_FILE = {
     # Appendix A: Table 8's rows (regression, layers, S) and Table 9's S.
     "experiments/localisation/configD_loc.py": (
         "scr,fc,384", "pcr,fc,384", "pcr,all,384", "pcr,all,256"),
-    "experiments/localisation/synth.py": ("scr,all", "pcr,fc"),
+    "experiments/localisation/synth.py": ("scr,all", "pcr,fc",
+                                           "scr,all,centred_log"),
     "experiments/localisation/synth_classifier.py": (None,),
 }
 NOT_CONFIGS = {"experiments/mini/base.py", "experiments/mini/run.py",

@@ -13,6 +13,7 @@ import vgg_jax.localisation  # noqa: F401  (registers)
 from vgg_jax import conventions, input_pipeline, preprocess
 from vgg_jax.eval import command as eval_command
 from vgg_jax.localisation import boxes as boxes_lib
+from vgg_jax.localisation import command as loc_command
 from vgg_jax.localisation import evaluator as loc_eval
 from vgg_jax.localisation import metric as metric_lib
 from vgg_jax.localisation import synth
@@ -201,3 +202,73 @@ def test_picture_draws_the_merged_boxes(data, tmp_path):
   changed = np.any(pic != orig, axis=-1)
   assert changed[20, 12:14].any() and changed[20, 36:39].any()
   assert not changed[45:, :].any()
+
+
+def test_split_model_arg():
+  split = loc_command.split_model_arg
+  assert split("runs/loc") == ("runs/loc", None)
+  assert split("runs/loc:256") == ("runs/loc", [256])
+  assert split("runs/loc:352,384") == ("runs/loc", [352, 384])
+  # A colon that is not followed by integers stays part of the path.
+  assert split("C:/runs/loc") == ("C:/runs/loc", None)
+  assert split("gs://b/loc:64") == ("gs://b/loc", [64])
+
+
+def test_fusion_with_per_localiser_scales(data, tmp_path):
+  """Table 9's fusion: ``--model L1:40 --model L2:56`` unites L1's boxes at
+  Q=40 with L2's at Q=56 only (each checked against the box head run alone
+  by test_dense_equals_each_image_alone)."""
+  names = list(synth.CLASS_NAMES)
+  cfg = data_cfg(data)
+  loc1 = constant_box_model(np.array([0.5, 0.5, 0.7, 0.7]), 40)
+  loc2 = constant_box_model(np.array([0.4, 0.6, 0.5, 0.9]), 40)
+  for d, m in (("l1", loc1), ("l2", loc2)):
+    save_pretrained(tmp_path / d, m, model_kwargs={**KW, "num_classes": 40},
+                    input_convention=CONV, source="test")
+  cls = create_model(num_classes=10, init="he", rngs=nnx.Rngs(2), **KW)
+  save_pretrained(tmp_path / "cls", cls, model_kwargs={**KW,
+                                                       "num_classes": 10},
+                  input_convention=CONV, source="test", class_names=names)
+  post, post_names = loc_command.classifier_posteriors(
+      [str(tmp_path / "cls")], cfg, input_pipeline.dataset_info(cfg),
+      "validation", "synth", [48], batch_size=4, bucket_step=32, limit=None)
+  post = np.asarray(post)
+  fused = loc_eval.evaluate_dense(
+      [(loc1, CONV, "crop_fraction", [40]), (loc2, CONV, "crop_fraction",
+                                             [56])],
+      post, post_names, cfg, convention=CONV, split="validation",
+      scales=[48], normalisation="crop_fraction", batch_size=4,
+      return_dense=True)
+  assert fused["localiser_scales"] == [[40], [56]]
+  assert fused["scales"] == [40, 56]
+  gt = loc_eval.load_ground_truth(LocEvalSource(cfg, "validation"))
+  top, scores = loc_eval.top5_from_posteriors(post, post_names)
+  alone = [loc_eval.dense_boxes(
+      m, cfg, convention=CONV, split="validation", scale=q,
+      normalisation="crop_fraction", top_classes=top, class_scores=scores,
+      stored_hw=gt.stored_hw, batch_size=4)[0]
+           for m, q in ((loc1, 40), (loc2, 56))]
+  for name, d in fused["dense"].items():
+    want = np.concatenate([np.asarray(a[name][0]).reshape(-1, 4)
+                           for a in alone])
+    got = np.asarray(d.boxes).reshape(-1, 4)
+    assert len(got) == len(want)  # nothing from L1 at 56 or L2 at 40
+    rows = lambda b: b[np.lexsort(b.T[::-1])]  # noqa: E731  (row order)
+    np.testing.assert_allclose(rows(got), rows(want), rtol=1e-5, atol=1e-4)
+  # The command: the same error, the scales written per localiser.
+  r = eval_command.main([
+      "--task", "localisation", "--protocol", "dense",
+      "--model", f"{tmp_path / 'l1'}:40", "--model", f"{tmp_path / 'l2'}:56",
+      "--classifier", str(tmp_path / "cls"), "--data-dir", str(data),
+      "--scales", "48", "--normalisation", "crop_fraction",
+      "--output", str(tmp_path / "out")])
+  assert r["localisation_error"] == fused["localisation_error"]
+  assert r["models"] == [str(tmp_path / "l1"), str(tmp_path / "l2")]
+  saved = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert saved["localiser_scales"] == [[40], [56]]
+  assert "(Q=56)" in (tmp_path / "out" / "results.md").read_text()
+  with pytest.raises(ValueError, match="centre-gt"):
+    eval_command.main(["--task", "localisation", "--protocol", "centre-gt",
+                       "--model", f"{tmp_path / 'l1'}:40", "--data-dir",
+                       str(data), "--scales", "40", "--normalisation",
+                       "crop_fraction", "--output", str(tmp_path / "o2")])

@@ -73,3 +73,29 @@ def test_command_line(tmp_path):
                      "--no_records"]) == 0
   assert len(list((tmp_path / "validation").rglob("*.xml"))) == 2
   assert synth.main(["--out", str(tmp_path), "--min_item", "80"]) == 2
+
+
+def test_contrast_colour_stands_out_of_the_background():
+  """colour="contrast": each channel of the item's colour lies in the half of
+  the range away from the background's mean under the item.  A fully opaque
+  item (all 255) makes every pasted pixel the colour itself and the box the
+  whole pasted rectangle, so both are read back from the image."""
+  photos = synth.backgrounds()
+  solid = np.full((28, 28), 255, np.uint8)
+  cfg = synth.SynthConfig(min_item=24, max_item=56, colour="contrast")
+  seen_bright = seen_dark = 0
+  for i in range(40):
+    img, bg, box = synth.render(np.random.default_rng([9, i]), solid, photos,
+                                cfg)
+    x0, y0, x1, y1 = box
+    colour = img[y0:y1 + 1, x0:x1 + 1].reshape(-1, 3)
+    assert (colour == colour[0]).all()  # one flat colour
+    bright = bg[y0:y1 + 1, x0:x1 + 1].reshape(-1, 3).mean(0) >= 128
+    assert (colour[0][bright] <= 80).all(), (i, colour[0], bright)
+    assert (colour[0][~bright] >= 175).all(), (i, colour[0], bright)
+    seen_bright += bright.sum()
+    seen_dark += (~bright).sum()
+  assert seen_bright and seen_dark  # both branches exercised
+  with pytest.raises(ValueError, match="colour"):
+    synth.render(np.random.default_rng(0), solid, photos,
+                 synth.SynthConfig(colour="pastel"))

@@ -10,8 +10,11 @@ protocols on a localisation split, written as results.json / results.md
         --data-dir DATA --scales 256,384 --output OUT
 
 ``--model`` repeated: the union of the localisers' boxes before merging
-(Table 9's fusion; dense only).  ``--classifier`` repeated: an ensemble (mean
-posteriors) gives the top-5 classes.  Box normalisation: read from each
+(Table 9's fusion; dense only).  ``--model DIR:Q1,Q2`` tests that localiser
+at its own scales instead of ``--scales`` (Table 9 fuses a localiser tested
+at 256 with one tested at 352 and 384:
+``--model L256:256 --model L384:352,384``).  ``--classifier`` repeated: an
+ensemble (mean posteriors) gives the top-5 classes.  Box normalisation: read from each
 localiser's workdir config (``data.box_normalisation``), else
 ``--normalisation``.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -42,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--task", default="localisation", choices=("localisation",))
   p.add_argument("--protocol", required=True, choices=loc_eval.PROTOCOLS)
   p.add_argument("--model", action="append", default=[], required=True,
-                 help="a localiser (training workdir or weights); repeat for "
+                 help="a localiser (training workdir or weights), "
+                 "optionally DIR:Q1,Q2 for its own dense scales; repeat for "
                  "the union of several (dense)")
   p.add_argument("--classifier", action="append", default=[],
                  help="classification model(s) giving the top-5 classes "
@@ -79,6 +84,19 @@ def _ints(text: str) -> list[int]:
                      ) from None
 
 
+def split_model_arg(text: str) -> tuple[str, list[int] | None]:
+  """``DIR`` or ``DIR:Q1,Q2`` -> (DIR, scales or None).  Only a suffix of
+  comma-separated integers is read as scales, so a path with a colon
+  elsewhere stays whole."""
+  path, sep, tail = text.rpartition(":")
+  if sep and path and re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", tail):
+    scales = _ints(tail)
+    if any(q <= 0 for q in scales):
+      raise ValueError(f"--model {text!r}: scales must be positive")
+    return path, scales
+  return text, None
+
+
 def model_normalisation(path, default: str | None) -> str:
   """The box normalisation a localiser was trained with (its workdir's
   config.json), else ``default``; an error when neither says."""
@@ -106,10 +124,14 @@ def read_blacklist(path) -> list[str] | None:
 
 
 def report_markdown(r: dict) -> str:
+  models = list(r["models"])
+  if r.get("localiser_scales"):  # dense: each localiser's own scales
+    models = [f"{m} (Q={','.join(map(str, q))})"
+              for m, q in zip(models, r["localiser_scales"])]
   lines = [f"# Localisation ({r['protocol']}), {r['split_desc']}", "",
            "| localisers | classifiers | scales | localisation error | "
            "images | undecodable |", "|---|---|---|---|---|---|",
-           f"| {', '.join(r['models'])} | {', '.join(r['classifiers']) or '-'}"
+           f"| {', '.join(models)} | {', '.join(r['classifiers']) or '-'}"
            f" | {','.join(map(str, r['scales']))} | "
            f"{100 * r['localisation_error']:.2f}% | {r['num_examples']} | "
            f"{r['num_undecodable']} |", ""]
@@ -137,11 +159,18 @@ def main(argv=None) -> dict[str, Any]:
   split_desc = f"{args.data}:{data_cfg.data_dir}/{split}"
   scales = _ints(args.scales)
   blacklist = read_blacklist(args.blacklist)
-  locs = []
-  for path in args.model:
+  locs, model_paths = [], []
+  for text in args.model:
+    path, own_scales = split_model_arg(text)
     m = load_model(path)
-    locs.append((m, model_normalisation(path, args.normalisation)))
+    locs.append((m, model_normalisation(path, args.normalisation),
+                 own_scales))
+    model_paths.append(path)
   if args.protocol == "centre-gt":
+    if any(own for _, _, own in locs):
+      raise ValueError("centre-gt takes its one scale from --scales, not "
+                       "--model DIR:Q")
+    locs = [(m, norm) for m, norm, _ in locs]
     if len(locs) != 1 or len(scales) != 1:
       raise ValueError("centre-gt takes one --model and one scale")
     if args.classifier:
@@ -160,9 +189,9 @@ def main(argv=None) -> dict[str, Any]:
                                  scales, locs, blacklist)
   res.pop("per_image", None)
   report = {"task": "localisation", "split_desc": split_desc,
-            "models": [str(p) for p in args.model],
+            "models": [str(p) for p in model_paths],
             "classifiers": [str(p) for p in args.classifier],
-            **res, "scales": scales}
+            "scales": scales, **res}
   if jax.process_index() == 0:
     out = pathlib.Path(args.output)
     text = json.dumps(report, indent=2) + "\n"
@@ -201,7 +230,8 @@ def evaluate_dense_command(args, data_cfg, info, split, split_desc, scales,
       batch_size=args.batch_size, bucket_step=args.bucket_step,
       limit=args.limit)
   return loc_eval.evaluate_dense(
-      [(m.model, m.convention, norm) for m, norm in locs], np.asarray(post),
+      [(m.model, m.convention, norm, own) for m, norm, own in locs],
+      np.asarray(post),
       names, data_cfg, convention=locs[0][0].convention, split=split,
       scales=scales, normalisation=locs[0][1],
       threshold=args.merge_threshold, batch_size=args.batch_size,

@@ -263,14 +263,26 @@ def evaluate_dense(localisers, classifier_posteriors: np.ndarray,
                    batch_size=8, bucket_step=32, limit=None, blacklist=None,
                    return_dense=False) -> dict:
   """Protocol 2 (Table 9): ``localisers`` a list of (model, convention,
-  normalisation or None); the union of their boxes at every scale, merged
-  per top class; ILSVRC top-5 localisation error."""
+  normalisation or None[, scales or None]); the union of their boxes at
+  every scale, merged per top class; ILSVRC top-5 localisation error.
+
+  A localiser's own scales (the optional 4th entry) replace ``scales`` for
+  it: Table 9's fusion unites a localiser tested at 256 with one tested at
+  352 and 384."""
   from vgg_jax.localisation.source import LocEvalSource  # pylint: disable=g-import-not-at-top
   gt = load_ground_truth(LocEvalSource(data_cfg, split))
   top, scores = top5_from_posteriors(classifier_posteriors, classifier_names)
-  per_loc, failed = [], {}
-  for model, conv, norm in localisers:
-    for q in scales:
+  per_loc, failed, used_scales = [], {}, []
+  for entry in localisers:
+    if len(entry) not in (3, 4):
+      raise ValueError("each localiser is (model, convention, normalisation"
+                       f"[, scales]); got {len(entry)} entries")
+    model, conv, norm = entry[:3]
+    own = entry[3] if len(entry) == 4 and entry[3] else scales
+    if not own:
+      raise ValueError("a localiser has no test scale: pass scales")
+    used_scales.append([int(q) for q in own])
+    for q in own:
       got, f = dense_boxes(model, data_cfg, convention=conv or convention,
                            split=split, scale=int(q),
                            normalisation=norm or normalisation,
@@ -303,7 +315,9 @@ def evaluate_dense(localisers, classifier_posteriors: np.ndarray,
          "num_examples": int(res.num_images),
          "undecodable": sorted(failed), "num_undecodable": len(failed),
          "images_without_boxes": len(gt.without_boxes),
-         "protocol": "dense", "scales": [int(q) for q in scales],
+         "protocol": "dense", "scales": sorted({q for u in used_scales
+                                                for q in u}),
+         "localiser_scales": used_scales,
          "merge_threshold": float(threshold), "per_image": res.per_image}
   if return_dense:
     out["dense"] = dense

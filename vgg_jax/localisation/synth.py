@@ -63,6 +63,12 @@ class SynthConfig:
   max_item: int = 48
   max_aspect: float = 1.5  # item width/height drawn in [1/max, max] (log)
   jpeg_quality: int = 95
+  # "random": each channel uniform in [0, 255]; "contrast": each channel
+  # uniform in the half of the range away from the background's mean under
+  # the item ([0, 80] over a bright channel, [175, 255] over a dark one), so
+  # the item stands out of the photo (a small net learns the classes in
+  # minutes; with "random" colours it stayed at chance, docs/localisation.md).
+  colour: str = "random"
 
 
 def backgrounds() -> list[np.ndarray]:
@@ -153,6 +159,13 @@ def render(rng: np.random.Generator, item: np.ndarray, photos: list,
   out = bg.astype(np.float32)
   a = alpha[..., None]
   region = out[y0:y0 + ih, x0:x0 + iw]
+  if cfg.colour == "contrast":
+    bright = region.reshape(-1, 3).mean(0) >= 128
+    colour = np.where(bright, colour * (80 / 255), 175 + colour * (80 / 255)
+                      ).astype(np.float32)
+  elif cfg.colour != "random":
+    raise ValueError(f"colour must be 'random' or 'contrast'; got "
+                     f"{cfg.colour!r}")
   out[y0:y0 + ih, x0:x0 + iw] = region * (1 - a) + colour * a
   ys, xs = np.nonzero(alpha > 0)
   if not len(ys):  # an empty item (never in Fashion-MNIST); be explicit
@@ -247,6 +260,8 @@ def main(argv=None) -> int:
   p.add_argument("--side", type=int, default=SynthConfig.side)
   p.add_argument("--min_item", type=int, default=SynthConfig.min_item)
   p.add_argument("--max_item", type=int, default=SynthConfig.max_item)
+  p.add_argument("--colour", default=SynthConfig.colour,
+                 choices=("random", "contrast"))
   p.add_argument("--no_records", action="store_true",
                  help="only the VOC folders, no ArrayRecord files")
   p.add_argument("--fashion_mnist_dir", default=None,
@@ -254,7 +269,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   cfg = SynthConfig(side=args.side, min_item=args.min_item,
-                    max_item=args.max_item)
+                    max_item=args.max_item, colour=args.colour)
   try:
     summary = make_dataset(args.out, num_train=args.train, num_val=args.val,
                            seed=args.seed, cfg=cfg,
