@@ -1,46 +1,16 @@
-"""What the training command's start-up relies on: one compiled initialisation,
-TensorBoard events without TensorFlow (the Fashion-MNIST default's start-up
-time, docs/training.md)."""
+"""What the training command's start-up relies on: TensorBoard events
+without TensorFlow (the Fashion-MNIST default's start-up time,
+docs/training.md)."""
 
 import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
-from flax import nnx
 
 from vgg_jax import summary_writer
-from vgg_jax.models import create_model, create_model_compiled
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NET = dict(num_classes=10, width_mult=0.125, fc_width=32, head_window=1,
-           in_channels=1, init="he", pool_rounding="ceil")
-
-
-def test_compiled_initialisation_is_the_eager_one():
-  """Same layers, same draws as ``create_model`` (to float rounding), and the
-  same net: equal outputs on an input."""
-  fast = create_model_compiled("A", seed=3, **NET)
-  eager = create_model("A", rngs=nnx.Rngs(3), **NET)
-  a = nnx.to_flat_state(nnx.state(fast, nnx.Param))
-  b = nnx.to_flat_state(nnx.state(eager, nnx.Param))
-  assert [k for k, _ in a] == [k for k, _ in b]
-  for (name, x), (_, y) in zip(a, b):
-    assert x.get_value().shape == y.get_value().shape, name
-    np.testing.assert_allclose(np.asarray(x.get_value()),
-                               np.asarray(y.get_value()), rtol=1e-6,
-                               atol=1e-7, err_msg=str(name))
-  # Another seed draws other weights; the same seed, the same bits.
-  other = create_model_compiled("A", seed=4, **NET)
-  again = create_model_compiled("A", seed=3, **NET)
-  kernel = lambda m: np.asarray(m.block1_conv1.kernel.get_value())
-  assert not np.allclose(kernel(fast), kernel(other))
-  np.testing.assert_array_equal(kernel(fast), kernel(again))
-  x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(eager(x)),
-                             rtol=1e-4, atol=1e-5)
-  assert fast.spec == eager.spec and fast.conv_impl == eager.conv_impl
 
 
 def test_event_file_reads_back_in_tensorboard(tmp_path):

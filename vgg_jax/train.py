@@ -52,7 +52,7 @@ from vgg_jax import sharding as sharding_lib
 from vgg_jax import tasks as tasks_lib
 from vgg_jax import models as models_lib
 from vgg_jax import watchdog as watchdog_lib
-from vgg_jax.models import init_from_a
+from vgg_jax.models import create_model, init_from_a
 
 log = logging.getLogger("vgg_jax.train")
 
@@ -447,10 +447,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
            local_batch, steps_per_epoch, total_steps)
 
   # --- Model, optimiser, state. ---
-  # One compiled program, not one per weight shape (start-up time).
-  model = models_lib.create_model_compiled(
-      **kwargs, **models_lib.model_runtime_kwargs(config.model, dtype=dtype),
-      seed=config.seed)
+  model = create_model(**kwargs,
+                       **models_lib.model_runtime_kwargs(config.model,
+                                                         dtype=dtype),
+                       rngs=nnx.Rngs(config.seed))
   tx = make_optimizer(config, total_steps=total_steps,
                       steps_per_epoch=steps_per_epoch,
                       warmup_steps=warmup_steps)

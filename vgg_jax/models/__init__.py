@@ -33,7 +33,7 @@ from vgg_jax.models.table import (MODEL_NAMES, PAPER_NETS, POOL_ROUNDINGS, NetSp
 from vgg_jax.models.vgg import VGG
 
 __all__ = [
-    "VGG", "create_model", "create_model_compiled", "abstract_model", "MODEL_NAMES", "PAPER_NETS",
+    "VGG", "create_model", "abstract_model", "MODEL_NAMES", "PAPER_NETS",
     "INIT_SCHEMES", "NetSpec", "net_spec", "canonical_name", "count_params",
     "count_macs", "output_size", "init_from_a", "local_response_norm",
     "param_count", "map_size", "map_stride", "min_input_size", "ClassHead",
@@ -79,34 +79,6 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs,
   return VGG(spec, num_classes=num_classes, in_channels=in_channels, init=init,
              dtype=dtype, param_dtype=param_dtype, dropout_rate=dropout_rate,
              conv_impl=conv_impl, rngs=rngs)
-
-
-# XLA:CPU options for programs that run once (initialisation): LLVM's
-# optimisations cost far more compile time than they save at run time.
-RUN_ONCE_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
-                                 "xla_llvm_disable_expensive_passes": True}
-
-
-def create_model_compiled(name: str, *, seed: int, **kwargs) -> VGG:
-  """``create_model(name, rngs=nnx.Rngs(seed), **kwargs)`` as one program.
-
-  Built eagerly, every weight's initialiser is an XLA program of its own,
-  compiled once per weight shape (11 for net A: ~8 CPU-seconds, most of the
-  Fashion-MNIST run's start-up, on the project's 2-core machine).  Here the
-  whole initialisation is traced once and compiled as one program; on CPUs
-  without LLVM's optimisations, since it runs once (~2 CPU-seconds).  Same
-  initialisers and keys, so the same weights up to float rounding (the
-  fused program may round a scaling differently: at most about 1 ulp).
-  """
-  def init():
-    return nnx.split(create_model(name, rngs=nnx.Rngs(seed), **kwargs))
-
-  graphdef, _ = nnx.split(nnx.eval_shape(
-      lambda: create_model(name, rngs=nnx.Rngs(seed), **kwargs)))
-  options = (RUN_ONCE_CPU_COMPILER_OPTIONS
-             if jax.default_backend() == "cpu" else None)
-  state = jax.jit(lambda: init()[1]).lower().compile(options)()
-  return nnx.merge(graphdef, state)
 
 
 def model_kwargs_from_config(model_cfg, *, num_classes: int,
