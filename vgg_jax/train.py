@@ -47,6 +47,7 @@ from vgg_jax import model_dir
 from vgg_jax import input_pipeline
 from vgg_jax import optim
 from vgg_jax import progress as progress_lib
+from vgg_jax import summary_writer
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import tasks as tasks_lib
 from vgg_jax import models as models_lib
@@ -521,10 +522,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   metrics = jax.device_put(saved_metrics or fresh_metrics,
                            sharding_lib.replicated(mesh))
 
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(
-      str(workdir / "tensorboard"), just_logging=not is_main)
+  # TensorBoard events, TensorFlow not imported (vgg_jax/summary_writer.py).
+  writer = summary_writer.SummaryWriter(workdir / "tensorboard",
+                                        enabled=is_main)
   jsonl = JsonlWriter(workdir / "metrics.jsonl", is_main)
   if latest is not None:
     checkpointing.drop_metrics_after(jsonl.path, latest)
@@ -663,7 +664,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       dog.beat("the last checkpoint to be written")
       ckpt.wait()
       ckpt.close()
-    writer.flush()
+    writer.close()
     train_iter.close()
   result["step"] = step
   jsonl.write(step, "final", {k: v for k, v in result.items()
