@@ -4,6 +4,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 from vgg_jax import host_malloc
 
 # As vgg_jax.main does, before JAX starts: XLA:CPU's per-execution scratch
@@ -26,6 +28,25 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # programs that compile in under a second, most of a tiny net's).
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_compilation_cache_across_processes(request):
+  """Modules with ``multiprocess`` tests start their JAX processes without
+  the cache: one multi-process run (gloo collectives) that loaded another's
+  cached programs never reached its first step, so they compile, as before."""
+  module = request.module
+  if not any(item.get_closest_marker("multiprocess")
+             for item in request.session.items
+             if getattr(item, "module", None) is module):
+    yield
+    return
+  patch = pytest.MonkeyPatch()
+  for key in list(os.environ):
+    if key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")):
+      patch.delenv(key)
+  yield
+  patch.undo()
 
 
 def pytest_unconfigure(config):
