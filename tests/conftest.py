@@ -13,8 +13,8 @@ from vgg_jax import host_malloc
 host_malloc.reuse_freed_memory()
 
 # One JAX compilation cache for the session, in a fresh temporary directory,
-# shared through the environment with every process the tests start (the
-# fault tests, tests/test_mini.py and others run `python -m vgg_jax.main` on
+# shared through the environment with the processes the tests start (not
+# the multi-process runs: below; the fault tests, tests/test_mini.py and others run `python -m vgg_jax.main` on
 # the same tiny shapes dozens of times): a program compiled once is loaded,
 # not compiled again.  A cached executable is the one XLA built for the same
 # program, so results are unchanged (the kill/resume tests compare runs bit
