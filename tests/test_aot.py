@@ -34,8 +34,12 @@ CONFIG = str(ROOT / "experiments" / "fashion_mnist.py")
 
 def run_aot(tmp_path, *args, name="r.json"):
   out = tmp_path / name
+  # Without the test session's compilation cache (tests/conftest.py): no TPU
+  # program is compiled twice here, and a TPU executable compiled without a
+  # TPU is not one to serialise.
   env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS"))}
+         if not k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS",
+                              "JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
   env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
   p = subprocess.run(
       [sys.executable, "-m", "vgg_jax.aot", "--config", CONFIG,
