@@ -22,9 +22,10 @@ Changed for a 10-minute CPU budget, and why:
 
 Expected (docs/training.md, measured on this project's 2-core CPU machine):
 92.22% test accuracy after 14 epochs (seed 0, since every augmentation draw
-is keyed by the example's global position; 92.35% before), about 8.5 min
-wall clock with start-up and evaluation (~1,750-1,950 training images/s,
-depending on the VM's neighbours).  Since then one evaluation (at the end: the schedule needs
+is keyed by the example's global position; 92.35% before), 8.5-10 min
+wall clock with start-up and evaluation (8 min 29 s at ~1,750-1,950
+training images/s on 2026-11-22; 10 min 13 s on 2026-12-02 at 1,230-1,660
+images/s, cause not found: docs/training.md).  Since then one evaluation (at the end: the schedule needs
 none on the way, and the mid-run one cost ~3 s plus its wait) and no
 TensorFlow import at start-up (~5 CPU-seconds; vgg_jax/summary_writer.py):
 the same training, so the same accuracy, ~8-9 s sooner (pending re-timing
