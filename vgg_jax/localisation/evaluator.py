@@ -96,16 +96,26 @@ def load_ground_truth(source) -> SplitGroundTruth:
   return SplitGroundTruth(gt, hw, without)
 
 
-def _examples(data_cfg, split, convention, scale):
+def _examples(data_cfg, split, convention, scale, *, limit, failed: dict):
+  """This process's decoded examples (at most ``limit``); undecodable ones
+  go to ``failed`` (name -> reason) instead of being yielded."""
   from vgg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   it = input_pipeline.create_eval_iterator(
       data_cfg, split=split, global_batch_size=jax.process_count(),
       input_convention=convention, protocol="dense", scale=scale,
       batch=False)
+  n = 0
   for ex in iter(it):
     watchdog.heartbeat("the next localisation evaluation example")
-    if ex["mask"] or ex["decode_error"]:  # padding rows have neither
-      yield ex
+    if not (ex["mask"] or ex["decode_error"]):  # padding rows have neither
+      continue
+    if limit is not None and n >= limit:
+      break
+    n += 1
+    if ex["decode_error"]:
+      failed[ex["name"]] = str(ex["decode_error"])
+      continue
+    yield ex
 
 
 def _gather(local: dict) -> dict:
@@ -138,12 +148,8 @@ def centre_gt_boxes(model, data_cfg, *, convention, split, scale: int,
       preds[name] = boxes_lib.rescale(box, resized_hw, stored_hw).tolist()
     pending.clear()
 
-  for n, ex in enumerate(_examples(data_cfg, split, convention, scale)):
-    if limit is not None and n >= limit:
-      break
-    if ex["decode_error"]:
-      failed[ex["name"]] = str(ex["decode_error"])
-      continue
+  for ex in _examples(data_cfg, split, convention, scale, limit=limit,
+                     failed=failed):
     img = ex["image"]
     h, w = img.shape[:2]
     top, left = (h - crop) // 2, (w - crop) // 2  # preprocess.center_crop
@@ -197,12 +203,8 @@ def dense_boxes(model, data_cfg, *, convention, split, scale: int,
 
   batcher = dense_lib.DenseBatcher(engine, sink, bucket_step=bucket_step,
                                    batch_size=batch_size, flips=False)
-  for n, ex in enumerate(_examples(data_cfg, split, convention, scale)):
-    if limit is not None and n >= limit:
-      break
-    if ex["decode_error"]:
-      failed[ex["name"]] = str(ex["decode_error"])
-      continue
+  for ex in _examples(data_cfg, split, convention, scale, limit=limit,
+                     failed=failed):
     geo[ex["name"]] = ex["image"].shape[:2]
     batcher.add(ex["name"], ex["image"])
   batcher.flush()
