@@ -288,6 +288,38 @@ class LocalPlacement:
     return round_up(max(n, m), self.multiple)
 
 
+class DispatchBound:
+  """Bounds how far the host dispatches ahead of the devices.
+
+  Call it with each step's fresh (not yet donated) output; every
+  ``every``-th call waits until that output is computed, so at most
+  ``every`` steps are ever in flight.
+
+  Why: XLA's CPU client runs every local device's share of a computation on
+  one thread pool of max(cores, local devices) threads, and a launch that
+  finds its device already holding 32 computations in flight blocks one of
+  those threads until a slot frees.  With 2 local devices on a 2-core host
+  (launch/local_multiprocess_cpu.sh) a host that ran 32 steps ahead left the
+  step's second participant without a thread: its all-reduce partner waited
+  in gloo forever, on every process (docs/reliability.md, "The
+  multi-process hang").  On accelerators the wait costs one host dispatch
+  latency per ``every`` steps.
+  """
+
+  def __init__(self, every: int = 4):
+    if every < 1:
+      raise ValueError(f"DispatchBound(every={every}): expected >= 1")
+    self.every = every
+    self.calls = 0
+
+  def __call__(self, tree: Any) -> None:
+    self.calls += 1
+    if self.calls % self.every == 0:
+      leaves = jax.tree_util.tree_leaves(tree)
+      if leaves:  # one execution's outputs become ready together
+        jax.block_until_ready(leaves[0])
+
+
 def _allgather(x: np.ndarray) -> np.ndarray:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x))

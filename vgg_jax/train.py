@@ -580,6 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   dog = watchdog_lib.Watchdog(config.get("collective_timeout_s"), context=(
       f" (process {jax.process_index()} of {jax.process_count()}; last "
       f"checkpoint: {ckpt.directory})"))
+  bound_dispatch = sharding_lib.DispatchBound()
   try:
     with dog, PreemptionFlag() as preempt, watchdog_lib.SignalWakeup(dog):
       while step < total_steps:
@@ -594,6 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             {k: batch[k] for k in task.batch_keys}, mesh)
         input_seconds += time.perf_counter() - t_input
         state, metrics = train_step(state, metrics, batch)
+        bound_dispatch(state["step"])
         step += 1
         dog.beat(f"step {step} (its all-reduce) or the next batch")
         for hook in hooks:

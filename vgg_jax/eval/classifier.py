@@ -51,6 +51,7 @@ def evaluate_classifier(model: nnx.Module,
   state = sharding_lib.replicate(state, mesh)
   multiple = sharding_lib.local_multiple(mesh)
   totals = None
+  bound_dispatch = sharding_lib.DispatchBound()
   for batch in batches:
     batch = sharding_lib.pad_batch({k: batch[k] for k in ("image", "label", "mask")
                        if k in batch}, multiple)
@@ -61,6 +62,7 @@ def evaluate_classifier(model: nnx.Module,
     # Summed on device; fetched once at the end (no per-batch host sync).
     totals = hits if totals is None else tuple(
         a + b for a, b in zip(totals, hits))
+    bound_dispatch(totals)
     watchdog.heartbeat("the next evaluation batch")
   if totals is None:
     raise ValueError("evaluate_classifier got no batches")
