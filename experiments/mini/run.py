@@ -114,6 +114,12 @@ def run_cli(args: list[str], log_path: pathlib.Path) -> None:
   env["PYTHONPATH"] = os.pathsep.join(
       [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                      if p])
+  # One fixed CPU convolution (im2col) instead of timing the schedules of
+  # every new conv shape at first compile (models/conv_autotune.py): the
+  # miniature meets ~60 shapes (six nets, three scales, dense evaluation)
+  # and each costs 4-12 s to time, more than most of its runs train.  Set
+  # VGG_JAX_CONV_AUTOTUNE=1 to autotune anyway.
+  env.setdefault("VGG_JAX_CONV_AUTOTUNE", "0")
   log_path.parent.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   print("$ " + " ".join(args), flush=True)
@@ -535,6 +541,16 @@ def main(argv=None) -> dict:
                      f" run; use another --workdir for a {mode.name} run")
   root.mkdir(parents=True, exist_ok=True)
   atomic_write_text(mode_file, json.dumps(dataclasses.asdict(mode)))
+  # One JAX compilation cache for every command of the run (unless the
+  # caller set one): the second seed, the fine-tuning stages of a net (the
+  # same 32x32 training step) and the evaluations load what an earlier
+  # command compiled instead of compiling it again.  Every program is
+  # cached, however quick to compile (start-up's initialisers are many
+  # sub-second compiles).
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(root / "xla_cache")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   logs = root / "logs"
   t0 = time.time()
   data = prepare_data(root, mode, pathlib.Path(args.fashion_mnist_dir), logs)
