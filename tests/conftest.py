@@ -56,6 +56,7 @@ def _no_compilation_cache_across_processes(request):
   for key in list(os.environ):
     if key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")):
       patch.delenv(key)
+  patch.setenv("VGG_JAX_COMPILATION_CACHE", "0")  # nor vgg_jax.main's own
   yield
   patch.undo()
 
