@@ -78,7 +78,7 @@ MODES = {
     "full": Mode("full", 55000, 5000, 3000,
                  {"A": 1500, "s32": 800, "s64": 400, "jitter": 400}, 100,
                  (0, 1), tuple(NET_STAGES), 600, "E"),
-    "quick": Mode("quick", 8000, 1000, 300,
+    "quick": Mode("quick", 8000, 1000, 200,
                   {"A": 150, "s32": 60, "s64": 30, "jitter": 30}, 30,
                   (0,), tuple(NET_STAGES), 40, "E"),
     "tiny": Mode("tiny", 600, 200, 40,
