@@ -21,16 +21,13 @@ Changed for a 10-minute CPU budget, and why:
   0.5 learned much more slowly: 128 wide, 82.6% after 5 epochs).
 
 Expected (docs/training.md, measured on this project's 2-core CPU machine):
-92.22% test accuracy after 14 epochs (seed 0, since every augmentation draw
-is keyed by the example's global position; 92.35% before), 8.5-10 min
-wall clock with start-up and evaluation (8 min 29 s at ~1,750-1,950
-training images/s on 2026-11-22; 10 min 13 s on 2026-12-02 at 1,230-1,660
-images/s, cause not found: docs/training.md).  Since then one evaluation (at the end: the schedule needs
-none on the way, and the mid-run one cost ~3 s plus its wait) and no
-TensorFlow import at start-up (~5 CPU-seconds; vgg_jax/summary_writer.py):
-the same training, so the same accuracy, ~8-9 s sooner (pending re-timing
-on a quiet machine).  Cost: 6.2M MACs per image forward, about 37 MFLOP per
-training image; 840K training images.
+92.22% test accuracy after 14 epochs (seed 0; every augmentation draw is
+keyed by the example's global position), 10 min 13 s wall clock with
+start-up and one evaluation at the end (2026-12-02, twice, the machine
+otherwise idle; 8 min 29 s on 2026-11-22).  A repeated run loads its
+compiled programs from JAX's persistent cache (vgg_jax.main), ~15 s
+sooner.  Cost: 6.2M MACs per image forward, about 37 MFLOP per training
+image; 840K training images.
 """
 
 from vgg_jax import configs as common
