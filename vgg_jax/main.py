@@ -83,10 +83,10 @@ def enable_compilation_cache(jax, environ=os.environ) -> str | None:
   """
   if environ.get("VGG_JAX_COMPILATION_CACHE", "1").strip() == "0":
     return None
-  if environ.get("JAX_COMPILATION_CACHE_DIR") or (
-      jax.config.jax_compilation_cache_dir):
-    return environ.get("JAX_COMPILATION_CACHE_DIR") or (
-        jax.config.jax_compilation_cache_dir)
+  chosen = (environ.get("JAX_COMPILATION_CACHE_DIR")
+            or jax.config.jax_compilation_cache_dir)
+  if chosen:
+    return chosen
   path = os.path.join(
       environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
       "vgg_jax", "jax_compilation")

@@ -59,7 +59,8 @@ def evaluate_classifier(model: nnx.Module,
     arrays = sharding_lib.put_batch(batch, mesh)
     hits = _classifier_hits(graphdef, state, arrays["image"], arrays["label"],
                             arrays["mask"])
-    # Summed on device; fetched once at the end (no per-batch host sync).
+    # Summed on device and fetched once at the end; the host only waits
+    # every few batches (DispatchBound) so that it cannot run far ahead.
     totals = hits if totals is None else tuple(
         a + b for a, b in zip(totals, hits))
     bound_dispatch(totals)
