@@ -170,7 +170,13 @@ class Pod:
       aot = [sys.executable, "-m", "vgg_jax.aot", "--config", self.a.config,
              "--topology", self.topology, *self.a.overrides]
       r = self.r.run(aot, check=False)
-      if r.returncode:
+      if r.returncode == 3:  # vgg_jax.aot.EXIT_DOES_NOT_FIT
+        failures.append(
+            f"the training step does not fit {self.topology}'s HBM (the AOT "
+            "check above says by how much): lower batch_size, use "
+            "--config.model.dtype=bfloat16 or FC sharding, or a larger "
+            "topology")
+      elif r.returncode:
         failures.append(
             f"the AOT check failed for {self.topology} (exit {r.returncode}):"
             " the step does not compile or libtpu is missing (see above); "

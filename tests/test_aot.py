@@ -148,6 +148,26 @@ def test_fc_sharding_splits_fc_kernels(tmp_path, data_parallel):
   assert set(r["collectives_per_chip"]) - {"all-reduce"}
 
 
+@needs_libtpu
+def test_refused_by_the_compiler_is_a_does_not_fit_report(tmp_path):
+  """At 512K images per chip XLA's TPU compiler refuses the program (over
+  the v5e's HBM): the command says by how much, writes the report and
+  exits 3 (what the pod preflight stops on), instead of a traceback."""
+  p, r = run_aot(tmp_path, "--topology", "v5e:2x2",
+                 "--config.batch_size=2097152")
+  assert p.returncode == 3, p.stderr[-2000:]
+  assert "Traceback" not in p.stderr
+  assert "DOES NOT FIT" in p.stdout
+  m = r["memory_per_chip"]
+  assert m["refused_by_compiler"] and not m["fits"]
+  # The compiler's HBM is the chip's less a reserve; it needs far more.
+  assert 0.9 * m["hbm_bytes"] < m["compiler_available_bytes"] <= m["hbm_bytes"]
+  assert m["compiler_required_bytes"] > 4 * m["hbm_bytes"]
+  # What is known without compiling is still reported: the batch alone.
+  # float32 32x32 grey images and int32 labels
+  assert r["counted_bytes_per_chip"]["batch"] == 524288 * (32 * 32 * 4 + 4)
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
   p, r = run_aot(tmp_path, "--topology", "v9z:4x4")
   assert p.returncode == 2 and r is None
@@ -243,6 +263,76 @@ def test_sweep_bisection_finds_the_boundary(monkeypatch, tmp_path):
   assert r["max_global_batch"] == 16 * best
   assert r["first_failing_global_batch"] == 16 * (best + 8)
   assert len(calls) <= 10  # not a linear scan
+
+
+REFUSAL = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of "
+           "memory on HBM, the total memory required for HLO temporaries "
+           "(37.96G) exceeds available HBM (30.75G).")
+
+
+def test_compiler_refusal_is_read_as_does_not_fit():
+  """XLA's TPU compiler refuses a program over the HBM (seen for E at 1,120
+  per chip on v4-32): that is the answer 'does not fit', with its sizes."""
+  chip = pods.CHIPS["v4"]
+  m = aot.compiler_refusal(REFUSAL, chip)
+  assert m["fits"] is False and m["refused_by_compiler"] is True
+  assert m["compiler_required"] == "HLO temporaries"
+  assert m["compiler_required_bytes"] == int(37.96 * 2**30)
+  assert m["compiler_available_bytes"] == int(30.75 * 2**30)
+  assert m["hbm_bytes"] == 32 * 2**30 and m["peak_bytes"] is None
+  assert all(m[f] is None for f in aot.MEMORY_FIELDS)
+  # Any other compile error is not an answer about memory.
+  assert aot.compiler_refusal("INVALID_ARGUMENT: bad sharding", chip) is None
+
+
+def test_sweep_and_table_take_refused_points(monkeypatch, tmp_path):
+  """Above some batch the fake compiler refuses (no memory analysis at
+  all), as XLA's does: the sweep still brackets the boundary, and the
+  table built from the cache shows it."""
+  import dataclasses
+  import ml_collections
+  bench = ROOT / "benchmarks" / "aot_sweep.py"
+  spec = importlib.util.spec_from_file_location("aot_sweep_bench", bench)
+  aot_sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(aot_sweep)
+  chip = pods.CHIPS["v4"]
+
+  def peak(per_chip):
+    return int(2e9 + 4e7 * per_chip)
+
+  def fake_analyze(config, topology, **kw):
+    b = int(config.batch_size)
+    per_chip = b // 16
+    r = {"model": {"name": "E"}, "topology": topology, "dtype": "bfloat16",
+         "shard_fc_kernels": False, "mesh": {"data": 16, "model": 1},
+         "global_batch": b, "batch_per_chip": per_chip, "chips": 16,
+         "chip": dataclasses.asdict(chip)}
+    if peak(per_chip) > 1.2 * chip.hbm_bytes:
+      r["memory_per_chip"] = aot.compiler_refusal(REFUSAL, chip)
+      return r
+    m = {f: 0 for f in aot.MEMORY_FIELDS}
+    m.update(temp_size_in_bytes=peak(per_chip), peak_bytes=peak(per_chip),
+             hbm_bytes=chip.hbm_bytes, fits=peak(per_chip) <= chip.hbm_bytes)
+    r.update(memory_per_chip=m, flops_per_chip=1e12,
+             collectives_per_chip={})
+    return r
+
+  monkeypatch.setattr(aot, "analyze", fake_analyze)
+  config = ml_collections.ConfigDict(dict(
+      model=dict(name="E", dtype="bfloat16"), shard_fc_kernels=False,
+      mesh_model_axis=1, batch_size=256))
+  r = aot.sweep(config, "v4:2x2x4", tmp_path, step_per_chip=8,
+                start_per_chip=512, log=lambda s: None)
+  best = max(b for b in range(8, 8193, 8) if peak(b) <= chip.hbm_bytes)
+  assert r["max_batch_per_chip"] == best
+  assert r["first_failing_global_batch"] == 16 * (best + 8)
+  cached = [json.loads(f.read_text()) for f in tmp_path.glob("*.json")]
+  assert any(x["memory_per_chip"].get("refused_by_compiler")
+             for x in cached)
+  table = aot_sweep.cache_table(tmp_path)
+  row = [l for l in table.splitlines() if l.startswith("| E |")]
+  assert len(row) == 1 and "exact (next step does not fit)" in row[0]
+  assert f"{16 * best} ({best})" in row[0]
 
 
 def test_sweep_point_cache_is_reused(monkeypatch, tmp_path):

@@ -222,6 +222,22 @@ def test_tpu_preflight_runs_the_aot_check():
   assert aot[-1] == SPACED
 
 
+def test_tpu_preflight_stops_when_the_step_does_not_fit(capsys):
+  """vgg_jax.aot exits 3 when the step compiles (or XLA refuses it) but
+  does not fit the HBM: the preflight must stop there, saying so."""
+  class TooBig(tpu_pod.DryRunWorld):
+    def __call__(self, argv):
+      if "vgg_jax.aot" in argv:
+        return launchlib.Result(3, "")
+      return super().__call__(argv)
+  args = [a for a in TPU_ARGS if a != "--skip-aot"]
+  with pytest.raises(SystemExit) as e:
+    tpu_dry(["preflight", *args], world=TooBig())
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "does not fit v5e:8x8's HBM" in err and "lower batch_size" in err
+
+
 def test_tpu_archive_instead_of_clone():
   args = [a for a in TPU_ARGS if a not in ("--repo-url",
                                            "https://example.org/vgg_jax.git")]

@@ -30,6 +30,11 @@ The report (``--output`` JSON; a summary on stdout), per chip:
     moved once / HBM B/s, collective traffic / ICI B/s), with the chip
     peaks of ``vgg_jax.pods``.
 
+A step that does not fit exits with status 3 (``EXIT_DOES_NOT_FIT``), its
+report saying by how much: XLA's memory analysis when the program compiles,
+or, when XLA's TPU compiler refuses it outright (``RESOURCE_EXHAUSTED``),
+the sizes from the compiler's message (``refused_by_compiler``).
+
 What it cannot know: the input pipeline (decoding and augmenting ~1-3K
 images/s per chip must keep up: ``benchmarks/input_pipeline.py``), host
 overheads (dispatch, logging, checkpoints, evaluation), how well XLA
@@ -79,6 +84,11 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes",
                  "alias_size_in_bytes", "temp_size_in_bytes",
                  "generated_code_size_in_bytes")
+
+
+# Exit status of the single-point command when the step compiles (or XLA
+# refuses it) but does not fit the chip's HBM; 2 is a usage error.
+EXIT_DOES_NOT_FIT = 3
 
 
 class LibtpuMissingError(RuntimeError):
@@ -346,6 +356,38 @@ def roofline(chip: pods.Chip, *, flops: float, hbm_bytes: float,
   return out
 
 
+# XLA's TPU compiler, when the program's buffers exceed the HBM it may use:
+#   RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
+#   for HLO temporaries (210.14G) exceeds available HBM (15.75G).
+# (G is GiB; "available" is the HBM less what the runtime reserves.)
+_REFUSAL = re.compile(
+    r"RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm|"
+    r"RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+_REFUSAL_SIZES = re.compile(
+    r"required for (?P<what>[\w ]+?) \((?P<need>[\d.]+)(?P<nu>[KMGT]?)\)"
+    r" exceeds available HBM \((?P<have>[\d.]+)(?P<hu>[KMGT]?)\)")
+_UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def compiler_refusal(message: str, chip: pods.Chip) -> dict | None:
+  """``memory_per_chip`` for a program XLA refused as over the HBM (None if
+  ``message`` is another error).  XLA's own sizes are kept when it gives
+  them; its five memory fields are then unknown (None)."""
+  if not _REFUSAL.search(message):
+    return None
+  out = {f: None for f in MEMORY_FIELDS}
+  out.update(peak_bytes=None, hbm_bytes=chip.hbm_bytes, fits=False,
+             refused_by_compiler=True,
+             compiler_message=message.strip().splitlines()[0][:500])
+  m = _REFUSAL_SIZES.search(message)
+  if m:
+    out.update(
+        compiler_required=m["what"],
+        compiler_required_bytes=int(float(m["need"]) * _UNIT[m["nu"]]),
+        compiler_available_bytes=int(float(m["have"]) * _UNIT[m["hu"]]))
+  return out
+
+
 def analyze(config, topology: str, *, num_slices: int = 1,
             num_classes: int | None = None,
             num_train_examples: int | None = None,
@@ -370,35 +412,8 @@ def analyze(config, topology: str, *, num_slices: int = 1,
   built = build_step(config, devices, platform=platform,
                      num_classes=num_classes,
                      num_train_examples=num_train_examples)
-  lowered = built.jitted.lower(*built.args)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  memory = {f: int(getattr(mem, f)) for f in MEMORY_FIELDS}
-  memory["peak_bytes"] = (memory["argument_size_in_bytes"] +
-                          memory["output_size_in_bytes"] -
-                          memory["alias_size_in_bytes"] +
-                          memory["temp_size_in_bytes"] +
-                          memory["generated_code_size_in_bytes"])
-  memory["hbm_bytes"] = chip.hbm_bytes
-  memory["fits"] = memory["peak_bytes"] <= chip.hbm_bytes
   state, metrics, batch = built.args
-  counted = {"params": _per_chip_bytes(state["params"]),
-             "optimizer": _per_chip_bytes(state["opt_state"]),
-             "model_state": _per_chip_bytes(state["rest"]),
-             "step_and_metrics": _per_chip_bytes(state["step"]) +
-                                 _per_chip_bytes(metrics),
-             "batch": _per_chip_bytes(batch)}
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  cost = dict(cost or {})
-  flops = float(cost.get("flops", 0.0))
-  bytes_accessed = float(cost.get("bytes accessed", 0.0))
   n = len(devices)
-  hlo = compiled.as_text()
-  coll = collectives(hlo, n)
-  ici = sum(v["ici_bytes"] for v in coll.values())
   kw = built.model_kwargs
   macs = count_macs(net_spec(kw["name"], width_mult=kw["width_mult"],
                              fc_width=kw["fc_width"],
@@ -419,11 +434,50 @@ def analyze(config, topology: str, *, num_slices: int = 1,
       "batch_per_chip": built.global_batch / sharding_lib.num_data_shards(
           built.mesh),
       "image_size": int(config.data.crop_size),
+      "counted_bytes_per_chip": {
+          "params": _per_chip_bytes(state["params"]),
+          "optimizer": _per_chip_bytes(state["opt_state"]),
+          "model_state": _per_chip_bytes(state["rest"]),
+          "step_and_metrics": _per_chip_bytes(state["step"]) +
+                              _per_chip_bytes(metrics),
+          "batch": _per_chip_bytes(batch)},
+      "model_flops_per_step": 6 * macs * built.global_batch,
+      "jax": jax.__version__,
+  }
+  try:
+    compiled = built.jitted.lower(*built.args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    refusal = compiler_refusal(str(e), chip)
+    if refusal is None:
+      raise
+    # XLA's TPU compiler refuses a program whose buffers exceed the HBM it
+    # can use: that is the answer "does not fit", not a failure of the check.
+    report.update(memory_per_chip=refusal, compile_s=time.perf_counter() - t0)
+    return report
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  memory = {f: int(getattr(mem, f)) for f in MEMORY_FIELDS}
+  memory["peak_bytes"] = (memory["argument_size_in_bytes"] +
+                          memory["output_size_in_bytes"] -
+                          memory["alias_size_in_bytes"] +
+                          memory["temp_size_in_bytes"] +
+                          memory["generated_code_size_in_bytes"])
+  memory["hbm_bytes"] = chip.hbm_bytes
+  memory["fits"] = memory["peak_bytes"] <= chip.hbm_bytes
+  memory["refused_by_compiler"] = False
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  cost = dict(cost or {})
+  flops = float(cost.get("flops", 0.0))
+  bytes_accessed = float(cost.get("bytes accessed", 0.0))
+  hlo = compiled.as_text()
+  coll = collectives(hlo, n)
+  ici = sum(v["ici_bytes"] for v in coll.values())
+  report.update({
       "memory_per_chip": memory,
-      "counted_bytes_per_chip": counted,
       "flops_per_chip": flops,
       "flops_per_step": flops * n,
-      "model_flops_per_step": 6 * macs * built.global_batch,
       "bytes_accessed_per_chip": bytes_accessed,
       "collectives_per_chip": coll,
       "roofline": roofline(
@@ -432,8 +486,7 @@ def analyze(config, topology: str, *, num_slices: int = 1,
           ici_bytes=ici, global_batch=built.global_batch,
           xla_bytes_accessed=bytes_accessed),
       "compile_s": compile_s,
-      "jax": jax.__version__,
-  }
+  })
   if keep_hlo:
     report["hlo"] = hlo
   return report
@@ -456,13 +509,26 @@ def _gib(b: float) -> str:
 
 
 def summary(r: dict) -> str:
-  m, rf = r["memory_per_chip"], r["roofline"]
+  m = r["memory_per_chip"]
+  head = (f"{r['model']['name']} {r['dtype']} on {r['topology']} "
+          f"({r['chips']} chips, {r['device_kind']}), mesh {r['mesh']}, "
+          f"global batch {r['global_batch']} ({r['batch_per_chip']:g}/chip), "
+          f"FC sharding {'on' if r['shard_fc_kernels'] else 'off'}")
+  if m.get("refused_by_compiler"):
+    need = m.get("compiler_required_bytes")
+    return "\n".join([
+        head + f"; XLA's TPU compiler refused it after {r['compile_s']:.0f} s",
+        "DOES NOT FIT: " + (
+            f"{m['compiler_required']} alone need {_gib(need)} per chip, "
+            f"the compiler may use {_gib(m['compiler_available_bytes'])} of "
+            f"{_gib(m['hbm_bytes'])} HBM" if need is not None else
+            m["compiler_message"]),
+        "a smaller global batch, bfloat16 (--config.model.dtype=bfloat16) "
+        "or FC sharding (--config.shard_fc_kernels=True "
+        "--config.mesh_model_axis=N) needs less"])
+  rf = r["roofline"]
   lines = [
-      f"{r['model']['name']} {r['dtype']} on {r['topology']} "
-      f"({r['chips']} chips, {r['device_kind']}), mesh {r['mesh']}, "
-      f"global batch {r['global_batch']} ({r['batch_per_chip']:g}/chip), "
-      f"FC sharding {'on' if r['shard_fc_kernels'] else 'off'}; "
-      f"compiled in {r['compile_s']:.0f} s",
+      head + f"; compiled in {r['compile_s']:.0f} s",
       "per chip: " + ", ".join(f"{k} {_gib(m[k])}" for k in MEMORY_FIELDS),
       f"peak {_gib(m['peak_bytes'])} of {_gib(m['hbm_bytes'])} HBM: "
       + ("fits" if m["fits"] else "DOES NOT FIT"),
@@ -522,9 +588,10 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     r = compile_point(config, topology, per_chip * shards, cache_dir, **kw)
     tried[per_chip] = r
     m = r["memory_per_chip"]
-    log(f"  {point_key(config, topology, per_chip * shards)}: peak "
-        f"{_gib(m['peak_bytes'])} of {_gib(m['hbm_bytes'])} -> "
-        f"{'fits' if m['fits'] else 'does not fit'}")
+    peak = ("refused by XLA's compiler" if m.get("refused_by_compiler")
+            else f"peak {_gib(m['peak_bytes'])}")
+    log(f"  {point_key(config, topology, per_chip * shards)}: {peak} of "
+        f"{_gib(m['hbm_bytes'])} -> {'fits' if m['fits'] else 'does not fit'}")
     return m["fits"]
 
   lo, hi = 0, None  # largest known fitting / smallest known failing per chip
@@ -627,6 +694,8 @@ def main(argv=None):
     if flags_.output:
       write_json(flags_.output, result)
       print(f"wrote {flags_.output}")
+    if not flags_.sweep and not result["memory_per_chip"]["fits"]:
+      return EXIT_DOES_NOT_FIT  # so a preflight stops before the pod-hour
     return 0
 
   app.run(lambda a: sys.exit(run(a)), argv=argv)
