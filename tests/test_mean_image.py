@@ -307,6 +307,8 @@ def test_eval_views_subtract_the_mean_windows_they_cover(coord_folder,
 class _Inputs(dense.DenseOutput):
   """Hands back the normalised net inputs (no net): what the engine feeds."""
 
+  crops_averaged = False  # keeps every crop
+
   def crop(self, model, x):
     return x
 

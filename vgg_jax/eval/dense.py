@@ -97,6 +97,9 @@ class DenseOutput:
   """
 
   name = "output"
+  # ``merge_crops`` averages the crops' outputs, so k identical crops may run
+  # as one (``CropBatcher``).  An output that keeps each crop sets False.
+  crops_averaged = True
 
   def image(self, model, x, valid_hw):
     raise NotImplementedError
@@ -265,34 +268,54 @@ class DenseEngine:
 
 
 class CropBatcher:
-  """centre (1 crop) or multicrop (grid x grid crops + flips) batches."""
+  """centre (1 crop) or multicrop (grid x grid crops + flips) batches.
+
+  Where every view of an image is the same crop (an image the crop's size:
+  each grid position cuts all of it, e.g. the miniature's Q = 32 with 32x32
+  crops), the crop runs once: the average of k identical posteriors is that
+  posterior.  Images are batched by their number of distinct views.
+  """
 
   def __init__(self, engine: DenseEngine, sink: Sink, *, kind: str, crop: int,
                grid: int, batch_size: int):
     self.engine, self.sink, self.kind = engine, sink, kind
     self.crop, self.grid, self.batch_size = crop, grid, batch_size
     self.mean_image = engine.convention.mean_image
-    self.views, self.means, self.rows = [], [], []
+    self.pending: dict[int, tuple[list, list, list]] = {}  # k -> views, ...
 
   def add(self, row: int, img: np.ndarray):
     # Flips of the multicrop grid are cut on device.
-    self.views.append(preprocess.protocol_views(img, self.kind, self.crop,
-                                                self.grid, flips=False))
+    views = preprocess.protocol_views(img, self.kind, self.crop, self.grid,
+                                      flips=False)
+    means = None
     if self.mean_image:  # the same views of the image's mean canvas
-      self.means.append(mean_image_lib.views(
-          self.mean_image, img.shape, self.kind, self.crop, self.grid,
-          flips=False))
-    self.rows.append(row)
-    if len(self.rows) >= self.batch_size:
-      self.flush()
+      means = mean_image_lib.views(self.mean_image, img.shape, self.kind,
+                                   self.crop, self.grid, flips=False)
+    if (len(views) > 1 and self.engine.output.crops_averaged
+        and _all_equal(views) and (means is None or _all_equal(means))):
+      views = views[:1]
+      means = None if means is None else means[:1]
+    batch = self.pending.setdefault(len(views), ([], [], []))
+    batch[0].append(views)
+    if means is not None:
+      batch[1].append(means)
+    batch[2].append(row)
+    if len(batch[2]) >= self.batch_size:
+      self._run(len(views))
+
+  def _run(self, k: int):
+    views, means, rows = self.pending.pop(k)
+    self.sink(rows, self.engine.crops(
+        np.stack(views), self.kind in ("multicrop", "tencrop"),
+        self.batch_size, np.stack(means) if means else None))
 
   def flush(self):
-    if not self.rows:
-      return
-    self.sink(self.rows, self.engine.crops(
-        np.stack(self.views), self.kind in ("multicrop", "tencrop"),
-        self.batch_size, np.stack(self.means) if self.means else None))
-    self.views, self.means, self.rows = [], [], []
+    for k in sorted(self.pending):
+      self._run(k)
+
+
+def _all_equal(stack: np.ndarray) -> bool:
+  return bool((stack == stack[:1]).all())
 
 
 class DenseBatcher:
