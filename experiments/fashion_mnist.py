@@ -25,7 +25,8 @@ Expected (docs/training.md, measured on this project's 2-core CPU machine):
 keyed by the example's global position), 10 min 13 s wall clock with
 start-up and one evaluation at the end (2026-12-02, twice, the machine
 otherwise idle; 8 min 29 s on 2026-11-22).  A repeated run loads its
-compiled programs from JAX's persistent cache (vgg_jax.main), ~15 s
+compiled programs from JAX's persistent cache
+(vgg_jax/compilation_cache.py), ~15 s
 sooner.  Cost: 6.2M MACs per image forward, about 37 MFLOP per training
 image; 840K training images.
 """

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from vgg_jax import host_malloc
+from vgg_jax import compilation_cache, host_malloc
 
 # As vgg_jax.main does, before JAX starts: XLA:CPU's per-execution scratch
 # memory is reused instead of being page-faulted in afresh every call.
@@ -34,11 +34,8 @@ _os.environ.setdefault("VGG_JAX_CONV_CACHE_DIR",
 _OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _OWN_CACHE = tempfile.mkdtemp(prefix="vgg_jax_tests_xla_cache_")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
-  # Every program, however small or quick to compile (the defaults skip
-  # programs that compile in under a second, most of a tiny net's).
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  # Every program, however small or quick to compile.
+  os.environ.update(compilation_cache.environment(_OWN_CACHE))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,7 +56,7 @@ def _no_compilation_cache_across_processes(request):
   for key in list(os.environ):
     if key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")):
       patch.delenv(key)
-  patch.setenv("VGG_JAX_COMPILATION_CACHE", "0")  # nor vgg_jax.main's own
+  patch.setenv(compilation_cache.OFF, "0")  # nor the commands' own
   yield
   patch.undo()
 

@@ -36,6 +36,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
+from vgg_jax import compilation_cache
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py[:stage]).",
     lock_config=True)
@@ -69,38 +71,11 @@ def multihost_requested(environ=os.environ) -> bool:
   return int(environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
-def enable_compilation_cache(jax, environ=os.environ) -> str | None:
-  """Turns on JAX's persistent compilation cache unless the user set one.
-
-  A run's programs (the training and evaluation steps, and the many small
-  ones of parameter initialisation, each a sub-second compile: so every
-  program is cached) are loaded from disk by the next run of the same
-  config instead of compiled again: ~15-20 s of the README job's start-up
-  on a 2-core CPU.  JAX keys each entry by the program, the backend, the
-  flags and the jax version, so a stale entry is never used.  Off with
-  ``VGG_JAX_COMPILATION_CACHE=0``; ``JAX_COMPILATION_CACHE_DIR`` picks the
-  folder.  Returns the folder used, or None.
-  """
-  if environ.get("VGG_JAX_COMPILATION_CACHE", "1").strip() == "0":
-    return None
-  chosen = (environ.get("JAX_COMPILATION_CACHE_DIR")
-            or jax.config.jax_compilation_cache_dir)
-  if chosen:
-    return chosen
-  path = os.path.join(
-      environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-      "vgg_jax", "jax_compilation")
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return path
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
-  enable_compilation_cache(jax)
+  compilation_cache.enable(jax)
   if multihost_requested():
     preemption.uninstall()  # JAX's preemption notifier takes SIGTERM
     # CPU-only multi-process runs (a rehearsal, launch/local_multiprocess_cpu.sh)

@@ -162,6 +162,8 @@ def run_config_evals(args) -> dict[str, Any]:
 
 def main(argv=None) -> dict[str, Any]:
   import sys  # pylint: disable=g-import-not-at-top
+  from vgg_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable(jax)
   argv = sys.argv[1:] if argv is None else list(argv)
   if _task_of(argv) == "localisation":  # Appendix A: its own options
     from vgg_jax.localisation import command as loc_command  # pylint: disable=g-import-not-at-top

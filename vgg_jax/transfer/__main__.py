@@ -303,6 +303,9 @@ def main(argv=None) -> dict:
             + f" ...\n  svm {p.protocol} {' '.join(p.svm_args)} ...\n")
     return {"presets": sorted(presets.PRESETS)}
   if args.command == "extract":
+    import jax  # pylint: disable=g-import-not-at-top
+    from vgg_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.enable(jax)
     try:
       return run_extract(args)
     except (FileNotFoundError, ValueError, store.SettingsMismatch) as e:
