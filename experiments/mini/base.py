@@ -27,8 +27,9 @@ Changed for size: conv widths x3/16 (12-24-48-96-96), FC 256-256-10,
 Glorot instead of N(0, 0.01) for the random layers (see below),
 batch 128, stage lengths in steps (``run.py`` caps each), no colour
 augmentation (the images are grey: ``pca_std=0``), the plateau rule
-evaluated on a held-out validation split carved from the training set (5,000
-of its 60,000 images), so the test split stays unseen until the tables.
+evaluated on a held-out validation split carved from the training set (from
+its last 5,000 images; 2,000 in run.py's full mode), so the test split stays
+unseen until the tables.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).absolute().parents[2]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+  sys.path.insert(0, str(REPO))
+from vgg_jax import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
 MINI = REPO / "experiments" / "mini"
 FASHION_MNIST_IDX = pathlib.Path("/usr/share/datasets/fashion-mnist")
 CLASS_FOLDERS = ("0_tshirt_top", "1_trouser", "2_pullover", "3_dress",
@@ -551,9 +554,7 @@ def main(argv=None) -> dict:
   # cached, however quick to compile (start-up's initialisers are many
   # sub-second compiles).
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(root / "xla_cache")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.update(compilation_cache.environment(root / "xla_cache"))
   logs = root / "logs"
   t0 = time.time()
   data = prepare_data(root, mode, pathlib.Path(args.fashion_mnist_dir), logs)
