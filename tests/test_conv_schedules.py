@@ -23,6 +23,8 @@ DN = ("NHWC", "HWIO", "NHWC")
 # (input NHWC, kernel HWIO, strides, padding): VGG's 3x3 SAME; a strided,
 # asymmetric explicit pad; AlexNet's 11x11/4 VALID; a 1x1; the FC1-as-conv
 # window (7x7 VALID on a 7x7 map); a non-square input with stride (2, 1).
+# (Winograd runs on the 3x3 stride-1 ones, odd sides padded to its 2x2
+# tiles; the others fall back to im2col.)
 CASES = [
     ((2, 9, 7, 3), (3, 3, 3, 5), (1, 1), "SAME"),
     ((1, 10, 11, 4), (3, 3, 4, 6), (2, 2), ((1, 0), (2, 1))),
@@ -30,6 +32,10 @@ CASES = [
     ((2, 5, 6, 7), (1, 1, 7, 3), (1, 1), "VALID"),
     ((3, 7, 7, 8), (7, 7, 8, 5), (1, 1), "VALID"),
     ((1, 8, 12, 2), (3, 2, 2, 3), (2, 1), ((1, 1), (0, 1))),
+    # Even sides, more channels: Winograd's tiles cover the map exactly.
+    ((2, 6, 8, 32), (3, 3, 32, 16), (1, 1), "SAME"),
+    # The shallow control's 5x5 SAME (paper §4.1, net B-shallow).
+    ((1, 9, 8, 4), (5, 5, 4, 6), (1, 1), "SAME"),
 ]
 
 
@@ -106,7 +112,7 @@ def test_resolve_conv_impl(monkeypatch):
   with pytest.raises(ValueError, match="VGG_JAX_CONV_AUTOTUNE"):
     conv_lib.resolve_conv_impl("auto")
   with pytest.raises(ValueError, match="conv_impl must be one of"):
-    conv_lib.resolve_conv_impl("winograd")
+    conv_lib.resolve_conv_impl("fft")
 
 
 def test_tuning_batch_by_hand():
@@ -221,7 +227,7 @@ def test_a_bad_cache_is_ignored_with_a_warning_and_rewritten(
   path = conv_autotune.cache_path()
   if content is None:
     content = json.dumps({"format": 1, "machine": conv_autotune.machine_key(),
-                          "entries": {"k": {"choice": "winograd"}}})
+                          "entries": {"k": {"choice": "fft"}}})
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(content)
   with pytest.warns(RuntimeWarning, match="ignoring the convolution-schedule"):

@@ -20,12 +20,15 @@ When a step is traced, every plain 2-D convolution looks its shape up
    stores it with every schedule's time relative to im2col.
 
 The timing runs on random arrays of the layer's shape, with the batch cut
-to what gives about ``VGG_JAX_CONV_AUTOTUNE_FLOPS`` (3e9) floating-point
-operations per call, in its own thread (outside the trace being built).  A
-1x1 stride-1 convolution is a plain matrix product in every schedule but
-XLA's and is not timed (im2col, i.e. the product).  A net like VGG-D has
-nine distinct 3x3 shapes: the first compile on a new machine takes tens of
-seconds longer, later ones none.  Every schedule computes the same
+to what gives about ``VGG_JAX_CONV_AUTOTUNE_FLOPS`` (1e11) floating-point
+operations per call, in its own thread (outside the trace being built).
+That is the step's own batch for VGG-D at batch 8 (at most 89 GFLOP a
+call): timed at batch 1 (the earlier 3e9), Winograd's 16 products over 196
+tiles of a 28x28 map ran 1.5x im2col's time, inside the batch-8 step 0.65x,
+so batch-1 timings chose the wrong schedules.  A 1x1 stride-1 convolution
+is a plain matrix product in every schedule but XLA's and is not timed
+(im2col, i.e. the product).  A net like VGG-D has nine distinct 3x3 shapes:
+the first compile on a new machine takes minutes longer, later ones none.  Every schedule computes the same
 convolution (``tests/test_conv_schedules.py``), so a different choice on
 another machine changes speed, not results beyond float rounding.
 """
@@ -57,7 +60,7 @@ log = logging.getLogger("vgg_jax.conv_autotune")
 CACHE_DIR_ENV = "VGG_JAX_CONV_CACHE_DIR"
 FLOPS_ENV = "VGG_JAX_CONV_AUTOTUNE_FLOPS"
 CACHE_FORMAT = 1
-DEFAULT_FLOPS = 3e9
+DEFAULT_FLOPS = 1e11
 ROUNDS = 3
 # A schedule whose warm-up call took this many times the best one's.
 PRUNE_FACTOR = 1.5
