@@ -174,23 +174,20 @@ def _taps(x, rhs, window_strides, out_h, out_w, precision, pet):
   return out
 
 
-# Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, "Fast
-# Algorithms for Convolutional Neural Networks", 2016): each m x m output
-# tile from an (m+2) x (m+2) input tile, Y = A^T [(G g G^T) * (B^T d B)] A,
-# with (m+2)^2 multiplications per (input, output) channel pair instead of
-# 9 m^2.  The (m+2)^2 products per tile become (m+2)^2 matrix products over
-# all tiles (contraction C), in the forward pass and, through autodiff, in
-# both gradients.  The transforms are sums of strided views, which XLA fuses.
-# Only F(2x2, 3x3) is kept: F(4x4, 3x3) (36/144, larger constants) measured
-# 1.1-2.6x slower than im2col on VGG's layers here (2-core Zen 4), its
-# 36 strided views and their transforms costing more than the products saved.
-_WINOGRAD = {
-    2: dict(  # F(2x2, 3x3): 16/36 of the multiplications
-        BT=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
-        G=((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2),
-           (0, 0, 1)),
-        AT=((1, 1, 1, 0), (0, 1, -1, -1))),
-}
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms
+# for Convolutional Neural Networks", 2016): each 2x2 output tile from a 4x4
+# input tile, Y = A^T [(G g G^T) * (B^T d B)] A, with 16 multiplications per
+# (input, output) channel pair instead of 36.  The 16 products per tile
+# become 16 matrix products over all tiles (contraction C), in the forward
+# pass and, through autodiff, in both gradients.  The transforms are sums of
+# strided views, which XLA fuses.  (F(4x4, 3x3), 36/144 with larger
+# constants, measured 1.1-2.6x slower than im2col on VGG's layers here
+# (2-core Zen 4): its 36 strided views and their transforms cost more than
+# the products saved.)
+_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_WINOGRAD_G = ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2),
+               (0, 0, 1))
+_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 
 def _combine(matrix, items):
@@ -206,47 +203,40 @@ def _combine(matrix, items):
   return out
 
 
-def _winograd_body(m: int):
-  mats = _WINOGRAD[m]
-  t = m + 2  # input tile side
-
-  def body(x, rhs, window_strides, out_h, out_w, precision, pet):
-    kh, kw, c_in, c_out = rhs.shape
-    if (kh, kw) != (3, 3) or tuple(window_strides) != (1, 1):
-      return _im2col(x, rhs, window_strides, out_h, out_w, precision, pet)
-    n = x.shape[0]
-    th, tw = -(-out_h // m), -(-out_w // m)  # m x m output tiles
-    # Sides not a multiple of m: zero rows/columns, cropped off at the end.
-    x = jnp.pad(x, ((0, 0), (0, m * th + 2 - x.shape[1]),
-                    (0, m * tw + 2 - x.shape[2]), (0, 0)))
-    # d[i][j]: element (i, j) of every input tile, (N, th, tw, C).
-    d = [[x[:, i:i + m * th:m, j:j + m * tw:m, :] for j in range(t)]
-         for i in range(t)]
-    # B^T d B: along the tile's rows, then its columns.
-    cols = [_combine(mats["BT"], [d[i][j] for i in range(t)])
-            for j in range(t)]  # cols[j][a]
-    v = [_combine(mats["BT"], [cols[j][a] for j in range(t)])
-         for a in range(t)]  # v[a][b]
-    v = jnp.stack([v[a][b] for a in range(t) for b in range(t)])
-    v = v.reshape(t * t, n * th * tw, c_in)
-    g = jnp.asarray(mats["G"], rhs.dtype)
-    u = jnp.einsum("ai,ijco,bj->abco", g, rhs, g,
-                   precision=jax.lax.Precision.HIGHEST)
-    prod = jax.lax.dot_general(
-        v, u.reshape(t * t, c_in, c_out), (((2,), (1,)), ((0,), (0,))),
-        precision=precision, preferred_element_type=pet)
-    prod = prod.reshape(t, t, n, th, tw, c_out)
-    # A^T M A: along rows, then columns; y[p][q] is (N, th, tw, O).
-    cols = [_combine(mats["AT"], [prod[a, b] for a in range(t)])
-            for b in range(t)]  # cols[b][p]
-    y = [_combine(mats["AT"], [cols[b][p] for b in range(t)])
-         for p in range(m)]
-    y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)
-    # (N, th, m, tw, m, O) -> (N, m th, m tw, O)
-    return y.reshape(n, m * th, m * tw, c_out)[:, :out_h, :out_w]
-
-  body.__name__ = f"_winograd{m}"
-  return body
+def _winograd(x, rhs, window_strides, out_h, out_w, precision, pet):
+  kh, kw, c_in, c_out = rhs.shape
+  if (kh, kw) != (3, 3) or tuple(window_strides) != (1, 1):
+    return _im2col(x, rhs, window_strides, out_h, out_w, precision, pet)
+  n = x.shape[0]
+  th, tw = -(-out_h // 2), -(-out_w // 2)  # 2x2 output tiles
+  # Odd sides: a zero row/column more, cropped off at the end.
+  x = jnp.pad(x, ((0, 0), (0, 2 * th + 2 - x.shape[1]),
+                  (0, 2 * tw + 2 - x.shape[2]), (0, 0)))
+  # d[i][j]: element (i, j) of every 4x4 input tile, (N, th, tw, C).
+  d = [[x[:, i:i + 2 * th:2, j:j + 2 * tw:2, :] for j in range(4)]
+       for i in range(4)]
+  # B^T d B: along the tile's rows, then its columns.
+  cols = [_combine(_WINOGRAD_BT, [d[i][j] for i in range(4)])
+          for j in range(4)]  # cols[j][a]
+  v = [_combine(_WINOGRAD_BT, [cols[j][a] for j in range(4)])
+       for a in range(4)]  # v[a][b]
+  v = jnp.stack([v[a][b] for a in range(4) for b in range(4)])
+  v = v.reshape(16, n * th * tw, c_in)
+  g = jnp.asarray(_WINOGRAD_G, rhs.dtype)
+  u = jnp.einsum("ai,ijco,bj->abco", g, rhs, g,
+                 precision=jax.lax.Precision.HIGHEST)
+  prod = jax.lax.dot_general(
+      v, u.reshape(16, c_in, c_out), (((2,), (1,)), ((0,), (0,))),
+      precision=precision, preferred_element_type=pet)
+  prod = prod.reshape(4, 4, n, th, tw, c_out)
+  # A^T M A: along rows, then columns; y[p][q] is (N, th, tw, O).
+  cols = [_combine(_WINOGRAD_AT, [prod[a, b] for a in range(4)])
+          for b in range(4)]  # cols[b][p]
+  y = [_combine(_WINOGRAD_AT, [cols[b][p] for b in range(4)])
+       for p in range(2)]
+  y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)
+  # (N, th, 2, tw, 2, O) -> (N, 2 th, 2 tw, O)
+  return y.reshape(n, 2 * th, 2 * tw, c_out)[:, :out_h, :out_w]
 
 
 def _as_schedule(body) -> Callable:
@@ -288,7 +278,7 @@ _SCHEDULE_FNS = {
     "im2col_remat": _as_schedule(_im2col_remat_body),
     "rows": _as_schedule(_rows),
     "taps": _as_schedule(_taps),
-    "winograd": _as_schedule(_winograd_body(2)),
+    "winograd": _as_schedule(_winograd),
 }
 
 
