@@ -21,8 +21,9 @@ import json
 import pathlib
 import sys
 
-from vgg_jax import host_malloc  # pylint: disable=g-import-not-at-top
+from vgg_jax import host_malloc, xla_cpu  # pylint: disable=g-import-not-at-top
 host_malloc.reuse_freed_memory()
+xla_cpu.apply()  # as the commands run (VGG_JAX_XLA_CPU_FLAGS=0: without)
 
 from vgg_jax.models import conv as conv_lib  # noqa: E402
 from vgg_jax.models import conv_autotune, geometry, net_spec  # noqa: E402

@@ -6,11 +6,14 @@ import tempfile
 
 import pytest
 
-from vgg_jax import compilation_cache, host_malloc
+from vgg_jax import compilation_cache, host_malloc, xla_cpu
 
 # As vgg_jax.main does, before JAX starts: XLA:CPU's per-execution scratch
-# memory is reused instead of being page-faulted in afresh every call.
+# memory is reused instead of being page-faulted in afresh every call, and
+# XLA:CPU gets the options the commands run with (vgg_jax/xla_cpu.py), so
+# the tests and the processes they start compile what users run.
 host_malloc.reuse_freed_memory()
+xla_cpu.apply()
 
 # No test times convolution schedules unless it asks for conv_impl="autotune"
 # on tiny shapes itself: "auto" means im2col on CPUs here (also in the main

@@ -27,6 +27,11 @@ from vgg_jax import host_malloc
 # TensorFlow/JAX modules): see vgg_jax/host_malloc.py.
 host_malloc.reuse_freed_memory()
 
+from vgg_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+# Before JAX starts its CPU backend (vgg_jax/xla_cpu.py: XLA:CPU options
+# measured faster here; a user's own XLA_FLAGS choice wins).
+xla_cpu.apply()
+
 from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
 # As early as possible: a SIGTERM during start-up (imports, data loading,
 # compilation) then stops the run cleanly after its first step.

@@ -162,7 +162,8 @@ def run_config_evals(args) -> dict[str, Any]:
 
 def main(argv=None) -> dict[str, Any]:
   import sys  # pylint: disable=g-import-not-at-top
-  from vgg_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+  from vgg_jax import compilation_cache, xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.apply()  # before the first computation starts JAX's backend
   compilation_cache.enable(jax)
   argv = sys.argv[1:] if argv is None else list(argv)
   if _task_of(argv) == "localisation":  # Appendix A: its own options

@@ -294,6 +294,8 @@ def run_extract(args) -> dict:
 
 
 def main(argv=None) -> dict:
+  from vgg_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.apply()  # before the first computation starts JAX's backend
   args = _parser().parse_args(argv)
   if args.command == "presets":
     for p in presets.PRESETS.values():
