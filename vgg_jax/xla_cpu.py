@@ -1,14 +1,16 @@
 """XLA:CPU options this project measured faster, set before JAX starts.
 
 jax 0.10's XLA:CPU hands each convolution to YNNPACK (an "individual
-convolution" library fusion).  YNNPACK computes a convolution's kernel
-gradient slowly on this project's Zen 4 CPU: VGG-D's 224x224 64->64 layer
-took 1.4 s for the kernel gradient at batch 8, Eigen's convolution (XLA's
-path before YNNPACK) 0.38 s.  ``--xla_cpu_experimental_ynn_fusion_type=
--individual_convolution`` sends convolutions back to Eigen and leaves matrix
-products with YNNPACK, which is the faster of the two for them: with it the
-VGG-D training step went from 6.7 to 5.2 s at batch 8 (0.80 of the matmul
-peak), and XLA's convolution became the autotuner's choice on most layers
+convolution" library fusion).  YNNPACK computes a convolution's gradients
+slowly on this project's Zen 4 CPU: VGG-D's layers, forward and both
+gradients at batch 8, took 1.4-3.6x as long as in Eigen (XLA's path before
+YNNPACK); in a profile of the D step (``benchmarks/step_profile.py``) the
+224x224 64->64 layer's kernel gradient alone took 0.85 s, at 35 GFLOP/s.
+``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` sends
+convolutions back to Eigen and leaves matrix products with YNNPACK (turning
+YNNPACK off for them too made the step slower): with it the VGG-D training
+step went from 6.7 to 5.6 s at batch 8 (0.72 of the matmul peak), and XLA's
+convolution became the autotuner's choice on most layers
 (docs/performance.md, ``benchmarks/train_step.py``).
 
 * ``apply()``: the command-line entry points (``vgg_jax.main``,
