@@ -179,6 +179,27 @@ def test_config_typo_is_an_error(tmp_path):
   assert not (tmp_path / "wd").exists()
 
 
+def test_protocol_evaluator_scales_are_checked_before_training():
+  """A test scale below the crop used to fail only after the last epoch,
+  losing that run's final evaluation."""
+  from vgg_jax import config_checks  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  crop = c.data.crop_size
+  with c.unlocked():
+    c.evals.ms = dict(type="protocol", protocol="dense",
+                      scales=(crop - 4, crop, crop + 4))
+    c.evals.bad = dict(type="protocol", protocol="dens")
+  found = config_checks.problems(c, device_count=1)
+  fields = {p.split(" = ")[0]: p for p in found}
+  assert sorted(fields) == ["config.evals.bad.protocol",
+                            "config.evals.ms.scales"], found
+  assert f">= data.crop_size {crop}" in fields["config.evals.ms.scales"]
+  with c.unlocked():
+    c.evals.ms.scales = (crop, crop + 4)
+    c.evals.bad.protocol = "dense"
+  assert config_checks.problems(c, device_count=1) == []
+
+
 def test_duration_units():
   c = tiny_config(total_steps=None, total_epochs=2.0)
   assert train.duration_steps(c, "total", steps_per_epoch=100,

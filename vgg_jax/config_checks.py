@@ -184,6 +184,20 @@ def problems(config, *, device_count: int | None = None) -> list[str]:
   number("data.num_threads", d.num_threads, lo=1, integer=True)
   number("data.prefetch_buffer_size", d.prefetch_buffer_size, lo=1,
          integer=True)
+  # A §3.2 protocol evaluator runs only after training: a test scale it
+  # cannot use must fail here, not after the last epoch.
+  from vgg_jax.eval.posteriors import PROTOCOLS  # pylint: disable=g-import-not-at-top
+  for name, entry in (config.get("evals") or {}).items():
+    if not hasattr(entry, "get") or entry.get("type") != "protocol":
+      continue
+    need(entry.get("protocol", "dense") in PROTOCOLS,
+         f"evals.{name}.protocol", f"one of {list(PROTOCOLS)}")
+    q = entry.get("scales") or (d.eval_scale,)
+    if crop_ok and isinstance(q, (list, tuple)):
+      need(all(_is_int(v) and v >= d.crop_size for v in q),
+           f"evals.{name}.scales",
+           f"test scales Q >= data.crop_size {d.crop_size} (paper §3.2: "
+           "the image is rescaled so that its shorter side is Q)")
   if config.init_from and config.init_from_a:
     out.append(f"config.init_from = {config.init_from!r} and "
                f"config.init_from_a = {config.init_from_a!r}: expected at "
