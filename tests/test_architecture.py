@@ -210,6 +210,7 @@ def test_command_runs_the_config_evaluators_as_training_does(tmp_path):
       "  c.eval_batch_size = 1000\n"
       "  c.evals.dense = dict(type='protocol', protocol='dense', limit=40,\n"
       "                       batch_size=8)\n"
+      "  c.evals.flip = dict(type='classification', flip=True)\n"
       "  return configs.lock(c)\n")
   out = evaluate.main(["--config", str(tmp_path / "c.py"), "--model",
                        str(tmp_path / "w"), "--output", str(tmp_path / "o")])
@@ -229,5 +230,14 @@ def test_command_runs_the_config_evaluators_as_training_does(tmp_path):
   want5 = np.mean(~(top5 == labels[:40, None]).any(axis=1))
   assert got["dense_top1_error"] == pytest.approx(want1, abs=1e-9)
   assert got["dense_top5_error"] == pytest.approx(want5, abs=1e-9)
+  # The batched classifier with flip=True: the same formula on all 10,000.
+  images = readers.fashion_mnist_resized(cfg, "test", 32)[0]
+  x = conv.normalise(images.reshape(-1, 32, 32, 1))
+  p = np.asarray((jax.nn.softmax(model(x)) + jax.nn.softmax(model(
+      x[:, :, ::-1]))) / 2)
+  assert got["flip_examples"] == 10000
+  assert got["flip_top1_error"] == pytest.approx(
+      np.mean(p.argmax(1) != labels), abs=1e-9)
+  assert got["flip_top1_error"] != got["val_top1_error"]  # flips counted
   saved = json.loads((tmp_path / "o" / "evals.json").read_text())
   assert saved[str(tmp_path / "w")]["val_top1_error"] == got["val_top1_error"]

@@ -8,24 +8,33 @@ import functools
 from typing import Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import watchdog
+from vgg_jax.eval import dense
 from vgg_jax.eval.counting import errors_from_counts, topk_hits
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _classifier_hits(graphdef, state, images, labels, mask):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _classifier_hits(graphdef, flips, state, images, labels, mask):
   model = nnx.merge(graphdef, state)
-  return topk_hits(model(images, train=False), labels, mask)
+  if not flips:
+    return topk_hits(model(images, train=False), labels, mask)
+  # §3.2's flip averaging, through the dense engine's crop path: the
+  # soft-max posteriors of each crop and its mirror, averaged.
+  out = dense.CLASS_POSTERIORS
+  x = jnp.concatenate([images, images[:, :, ::-1]])
+  return topk_hits(out.merge_crops(out.crop(model, x), True,
+                                   images.shape[0], 1), labels, mask)
 
 
 def evaluate_classifier(model: nnx.Module,
                         batches: Iterable[Mapping[str, np.ndarray]], *,
-                        mesh: jax.sharding.Mesh | None = None
-                        ) -> dict[str, float | int]:
+                        mesh: jax.sharding.Mesh | None = None,
+                        flips: bool = False) -> dict[str, float | int]:
   """Top-1 / top-5 error of ``model`` over ``batches``.
 
   Args:
@@ -38,6 +47,9 @@ def evaluate_classifier(model: nnx.Module,
     mesh: the batch is split over its 'data' axis (or all axes) and the
       model replicated.  When None on a multi-process run, a mesh over all
       devices is used so that counts are global.
+    flips: rank the average of the soft-max posteriors of each crop and its
+      horizontal mirror (the paper's test-set augmentation, §3.2) instead
+      of the crop's logits.
 
   Returns:
     {"top1_error", "top5_error", "num_examples"}: errors as fractions in
@@ -57,7 +69,7 @@ def evaluate_classifier(model: nnx.Module,
                        if k in batch}, multiple)
     batch["label"] = np.asarray(batch["label"], np.int32)
     arrays = sharding_lib.put_batch(batch, mesh)
-    hits = _classifier_hits(graphdef, state, arrays["image"], arrays["label"],
+    hits = _classifier_hits(graphdef, bool(flips), state, arrays["image"], arrays["label"],
                             arrays["mask"])
     # Summed on device and fetched once at the end; the host only waits
     # every few batches (DispatchBound) so that it cannot run far ahead.

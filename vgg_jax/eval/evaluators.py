@@ -85,6 +85,9 @@ class Evaluator:
 class ClassificationEvaluator(Evaluator):
   """Top-1/top-5 error on centre crops at ``data.eval_scale`` in batches of
   ``eval_batch_size`` (the paper's validation during training, §3.1).
+  Option ``flip=True``: each crop's posteriors averaged with its mirror's
+  (§3.2's flip augmentation; at Q = crop size with a 1x1 head this is the
+  dense protocol at one scale, computed in batches).
 
   Every example of the split counts once: one whose image cannot be decoded
   is a miss (top-1 and top-5), reported as ``undecodable``
@@ -100,7 +103,8 @@ class ClassificationEvaluator(Evaluator):
             self.options.get("batch_size") or self.config.eval_batch_size),
         input_convention=convention))  # its `failed`: undecodable examples
     res = eval_accounting.count_failures_as_errors(
-        evaluate_classifier(model, batches, mesh=mesh),
+        evaluate_classifier(model, batches, mesh=mesh,
+                            flips=bool(self.options.get("flip", False))),
         eval_accounting.global_count(len(batches.failed)))
     return {"top1_error": res["top1_error"],
             "top5_error": res["top5_error"],
