@@ -39,6 +39,7 @@ STAGES_BY_FILE = {
     "experiments/configE.py": VGG_STAGES,
     "experiments/alexnet.py": (None,),
     "experiments/fashion_mnist.py": (None,),
+    "experiments/fashion_mnist_net_a.py": (None,),
     "experiments/mini/configA.py": ("s32",),
     "experiments/mini/configA_LRN.py": ("s32",),
     "experiments/mini/configB.py": ("s32",),

@@ -216,7 +216,7 @@ def test_duration_units():
 @pytest.mark.parametrize("name", ["configA", "configA_LRN", "configB",
                                   "configC", "configD", "configE",
                                   "configB_shallow", "alexnet",
-                                  "fashion_mnist"])
+                                  "fashion_mnist", "fashion_mnist_net_a"])
 def test_every_config_loads_locked_and_documents_its_command(name):
   import importlib  # pylint: disable=g-import-not-at-top
   module = importlib.import_module(f"experiments.{name}")

@@ -3,10 +3,10 @@
     python experiments/transfer/run_evidence.py --workdir DIR [--model W]
         [--canvas 300] [--quick]
 
-1. the net: ``--model W`` (a training workdir or imported weights), else the
-   README main job's ``workdirs/fashion_mnist`` when it exists, else a short
-   Fashion-MNIST training run (1.5 epochs of experiments/fashion_mnist.py)
-   into DIR/fashion_mnist;
+1. the net: ``--model W`` (a training workdir or imported weights), else
+   ``workdirs/fashion_mnist_net_a`` (experiments/fashion_mnist_net_a.py, the
+   plain net A) when it exists, else a short training run of that config
+   (1.5 epochs) into DIR/fashion_mnist;
 2. a random-weight net of the same shape (the baseline the training must
    beat) and the raw-pixel baseline;
 3. the sets (vgg_jax.data.transfer_sets): scikit-learn's digits with the
@@ -43,13 +43,13 @@ CANVAS_SCALES = {"single": "64", "average": "64,96,128", "stack": "64,96,128"}
 def find_or_train(workdir: pathlib.Path, model: str | None) -> str:
   if model:
     return model
-  main_job = REPO / "workdirs" / "fashion_mnist"
+  main_job = REPO / "workdirs" / "fashion_mnist_net_a"
   if (main_job / "checkpoints").is_dir():
     return str(main_job)
   out = workdir / "fashion_mnist"
   if not (out / "checkpoints").is_dir():
     subprocess.run([sys.executable, "-m", "vgg_jax.main", "--config",
-                    str(REPO / "experiments" / "fashion_mnist.py"),
+                    str(REPO / "experiments" / "fashion_mnist_net_a.py"),
                     "--workdir", str(out), "--config.total_epochs=1.5",
                     "--config.eval_every_epochs=1.5"], check=True)
   return str(out)
