@@ -25,8 +25,10 @@ project's 2-core CPU machine, docs/training.md "The 5-minute default"):
 
 Expected (seed 0; every augmentation draw is keyed by the example's global
 position): 92.43% test accuracy with flips (92.11% on the image alone,
-the ``centre`` line) in ~4 minutes wall clock with start-up and evaluation.
-Cost: ~4.7M MACs per image forward; 300K training images.
+the ``centre`` line), 3 min 25 s wall clock with start-up and evaluation
+(2026-12-02, idle machine, median of 167, 205 and 254 s; the last with
+JAX's compilation cache off, as on a fresh machine).  Cost: 5.1M MACs per
+image forward; 300K training images.
 """
 
 from vgg_jax import configs as common
