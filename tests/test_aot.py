@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from vgg_jax import aot, pods
+from vgg_jax import aot, input_pipeline, pods, train
 from vgg_jax.models import count_params, net_spec
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -29,7 +29,8 @@ HAVE_LIBTPU = (pods.libtpu_dir() is not None or
 needs_libtpu = pytest.mark.skipif(
     not HAVE_LIBTPU, reason="libtpu is not installed (./setup.sh puts it in "
     ".libtpu/; or pip install -e '.[tpu-aot]'): cannot compile for TPU")
-CONFIG = str(ROOT / "experiments" / "fashion_mnist.py")
+# The plain net A at 32x32, batch 128: the hand counts below are its.
+CONFIG = str(ROOT / "experiments" / "fashion_mnist_net_a.py")
 
 
 def run_aot(tmp_path, *args, name="r.json"):
@@ -400,8 +401,9 @@ def test_build_step_follows_the_config_task_and_model_mapping():
   info = input_pipeline.dataset_info(config.data)
   assert built.model_kwargs == train.model_kwargs(config, info)
   state, metrics, batch = built.args
+  side = config.data.crop_size
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {
-      "image": ((8, 32, 32, 1), np.float32), "label": ((8,), np.int32)}
+      "image": ((8, side, side, 1), np.float32), "label": ((8,), np.int32)}
   assert "top1_hits" in metrics
 
   with config.unlocked():
@@ -420,3 +422,18 @@ def test_build_step_follows_the_config_task_and_model_mapping():
   with pytest.raises(ValueError, match="no shape known for batch key"):
     type("Odd", (Boxes,), {"batch_keys": ("image", "mask_map")})(
         ).batch_specs(8, (32, 32, 1))
+
+
+def test_forward_macs_follow_the_configs_pool_rounding():
+  """The README default (A-BN, 28x28, Caffe's ceil pooling 28-14-7-4-2-1):
+  the report's FLOP count once assumed floor pooling, for which 28 px is
+  too small (0x0 after the fifth pool), and refused the config."""
+  from experiments import fashion_mnist  # pylint: disable=g-import-not-at-top
+  config = fashion_mnist.get_config()
+  assert config.model.pool_rounding == "ceil"
+  kw = train.model_kwargs(config, input_pipeline.dataset_info(config.data))
+  sides_and_channels = [(28, 1, 12), (14, 12, 24), (7, 24, 48), (7, 48, 48),
+                        (4, 48, 96), (4, 96, 96), (2, 96, 96), (2, 96, 96)]
+  want = sum(s * s * 9 * a * b for s, a, b in sides_and_channels)
+  want += 96 * 512 + 512 * 512 + 512 * 10  # FC1 is 1x1 at 1x1
+  assert aot.forward_macs(kw, config.data.crop_size) == want

@@ -181,6 +181,18 @@ class BuiltStep:
   model_kwargs: dict
 
 
+def forward_macs(model_kwargs: dict, crop_size: int) -> int:
+  """Multiply-accumulates of one training crop's forward pass, for the net
+  training builds (``BuiltStep.model_kwargs``), pool rounding included."""
+  kw = model_kwargs
+  return count_macs(net_spec(kw["name"], width_mult=kw["width_mult"],
+                             fc_width=kw["fc_width"],
+                             head_window=kw.get("head_window"),
+                             pool_rounding=kw.get("pool_rounding", "floor")),
+                    crop_size, in_channels=kw["in_channels"],
+                    num_classes=kw["num_classes"])
+
+
 def build_step(config, devices: list, *, platform: str = "tpu",
                num_classes: int | None = None,
                num_train_examples: int | None = None) -> BuiltStep:
@@ -415,11 +427,7 @@ def analyze(config, topology: str, *, num_slices: int = 1,
   state, metrics, batch = built.args
   n = len(devices)
   kw = built.model_kwargs
-  macs = count_macs(net_spec(kw["name"], width_mult=kw["width_mult"],
-                             fc_width=kw["fc_width"],
-                             head_window=kw.get("head_window")),
-                    int(config.data.crop_size), in_channels=kw["in_channels"],
-                    num_classes=kw["num_classes"])
+  macs = forward_macs(kw, int(config.data.crop_size))
   report = {
       "topology": topology if topology == "cpu" else
                   pods.canonical_topology(topology),

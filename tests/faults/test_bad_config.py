@@ -121,7 +121,7 @@ def test_resumed_workdir_with_a_changed_model_is_refused(tmp_path):
   proc = H.run(workdir, flags + ["--config.model.name=B"])
   assert proc.returncode != 0
   assert "different config" in proc.stderr
-  assert "model.name: workdir has 'A', this run has 'B'" in proc.stderr
+  assert "model.name: workdir has 'A-BN', this run has 'B'" in proc.stderr
   assert H.committed_steps(workdir) == before  # nothing was computed
   H.report("bad_flag: changed model on resume", faults_injected=1,
            bad_inputs_refused=1)
