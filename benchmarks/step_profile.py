@@ -33,11 +33,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import train_step  # pylint: disable=wrong-import-position  (sets XLA's options, as the commands do)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from vgg_jax import optim, sharding, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vgg_jax.models import create_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _SKIP = ("ThunkExecutor", "ThreadpoolListener")  # containers and markers
 
@@ -68,46 +63,23 @@ def main(argv=None):
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--num-classes", type=int, default=1000)
   p.add_argument("--conv-impl", default="auto")
-  p.add_argument("--width-mult", type=float, default=1.0)
-  p.add_argument("--fc-width", type=int, default=4096)
-  p.add_argument("--head-window", type=int, default=None)
-  p.add_argument("--in-channels", type=int, default=3)
+  train_step.add_net_args(p)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--top", type=int, default=15)
   p.add_argument("--output", default=None)
   args = p.parse_args(argv)
 
-  net = {"width_mult": args.width_mult, "fc_width": args.fc_width}
-  if args.head_window is not None:
-    net["head_window"] = args.head_window
-  model = create_model(args.model, num_classes=args.num_classes,
-                       rngs=nnx.Rngs(0), init="glorot",
-                       conv_impl=args.conv_impl,
-                       in_channels=args.in_channels, **net)
-  tx = optim.sgd(1e-2)
-  graphdef, state = train.create_train_state(model, tx)
-  del model
-  mesh = sharding.make_mesh()
-  state_sh = sharding.param_shardings(state, mesh)
-  state = jax.device_put(state, state_sh)
-  step = train.make_train_step(graphdef, tx, seed=0, mesh=mesh,
-                               state_shardings=state_sh)
-  rng = np.random.default_rng(0)
-  batch = sharding.shard_batch({
-      "image": rng.normal(0, 60, (args.batch, args.image_size,
-                                  args.image_size, args.in_channels)
-                          ).astype(np.float32),
-      "label": rng.integers(0, args.num_classes, args.batch, np.int32)}, mesh)
-  metrics = jax.device_put(train.init_metrics(), sharding.replicated(mesh))
+  one, _ = train_step.build_ours(
+      args.model, args.batch, args.image_size, "f32", args.conv_impl,
+      args.num_classes, dict(train_step.net_kwargs(args),
+                             in_channels=args.in_channels))
   for _ in range(2):  # compile and warm up
-    state, metrics = step(state, metrics, batch)
-    jax.block_until_ready(metrics)
+    one()
   with tempfile.TemporaryDirectory() as trace_dir:
     t0 = time.perf_counter()
     with jax.profiler.trace(trace_dir):
       for _ in range(args.steps):
-        state, metrics = step(state, metrics, batch)
-        jax.block_until_ready(metrics)
+        one()
     wall = (time.perf_counter() - t0) / args.steps
     times = op_times(trace_dir, args.steps)
 

@@ -87,9 +87,14 @@ def matmul_peak(dtype, sizes=(2048, 3072, 4096), repeats: int = 5) -> dict:
   return best
 
 
-def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes,
-         net=None):
-  """``net``: create_model's width arguments (width_mult, in_channels ...)."""
+def build_ours(model_name, batch, size, dtype, conv_impl, num_classes,
+               net=None):
+  """vgg_jax's jitted training step (the paper's SGD) on one random batch.
+
+  Returns ``(one, holder)``: ``one()`` runs a step and waits for it;
+  ``holder["metrics"]`` holds the running metrics.  ``net``: create_model's
+  width arguments (width_mult, in_channels ...).
+  """
   net = net or {}
   channels = net.get("in_channels", 3)
   model = create_model(model_name, num_classes=num_classes, rngs=nnx.Rngs(0),
@@ -115,6 +120,33 @@ def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes,
                                               holder["metrics"], device_batch)
     jax.block_until_ready(holder["metrics"]["loss_sum"])
 
+  return one, holder
+
+
+def add_net_args(p: argparse.ArgumentParser) -> None:
+  """The width-reduced net's flags, e.g. the Fashion-MNIST net A: --model A
+  --image-size 32 --width-mult 0.1875 --fc-width 512 --head-window 1
+  --in-channels 1 --num-classes 10."""
+  p.add_argument("--width-mult", type=float, default=1.0)
+  p.add_argument("--fc-width", type=int, default=4096)
+  p.add_argument("--head-window", type=int, default=None)
+  p.add_argument("--in-channels", type=int, default=3)
+
+
+def net_kwargs(args) -> dict:
+  """create_model's width arguments from ``add_net_args``' flags (without
+  in_channels)."""
+  kw = {"width_mult": args.width_mult, "fc_width": args.fc_width}
+  if args.head_window is not None:
+    kw["head_window"] = args.head_window
+  return kw
+
+
+def ours(model_name, batch, size, dtype, steps, conv_impl, num_classes,
+         net=None):
+  """``net``: create_model's width arguments (width_mult, in_channels ...)."""
+  one, holder = build_ours(model_name, batch, size, dtype, conv_impl,
+                           num_classes, net)
   t0 = time.perf_counter()
   one()
   compile_s = time.perf_counter() - t0
@@ -209,13 +241,8 @@ def main(argv=None):
   p.add_argument("--conv-impl", default="auto",
                  help="auto|autotune|xla|im2col|im2col_remat|rows|taps; "
                  "several comma-separated to compare")
-  # A width-reduced net, e.g. the Fashion-MNIST default: --model A
-  # --image-size 32 --width-mult 0.1875 --fc-width 512 --head-window 1
-  # --in-channels 1 --num-classes 10 --batch 128 (Keras is then skipped).
-  p.add_argument("--width-mult", type=float, default=1.0)
-  p.add_argument("--fc-width", type=int, default=4096)
-  p.add_argument("--head-window", type=int, default=None)
-  p.add_argument("--in-channels", type=int, default=3)
+  # A width-reduced net (Keras is then skipped).
+  add_net_args(p)
   p.add_argument("--no-keras", action="store_true")
   p.add_argument("--output", default="benchmarks/results/train_step.json")
   # Internal: only Keras' step, as JSON to --output (keras_step_in_user_env).
@@ -227,14 +254,12 @@ def main(argv=None):
         args.num_classes)))
     return
 
-  net_kwargs = {"width_mult": args.width_mult, "fc_width": args.fc_width}
-  if args.head_window is not None:
-    net_kwargs["head_window"] = args.head_window
-  flops_per_image = 2 * 3 * count_macs(net_spec(args.model, **net_kwargs),
+  widths = net_kwargs(args)
+  flops_per_image = 2 * 3 * count_macs(net_spec(args.model, **widths),
                                        args.image_size,
                                        in_channels=args.in_channels,
                                        num_classes=args.num_classes)
-  net = dict(net_kwargs, in_channels=args.in_channels)
+  net = dict(widths, in_channels=args.in_channels)
   flops_per_step = flops_per_image * args.batch
   peak = matmul_peak(DTYPES[args.dtype])
   rows = []

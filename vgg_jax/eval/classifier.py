@@ -69,8 +69,8 @@ def evaluate_classifier(model: nnx.Module,
                        if k in batch}, multiple)
     batch["label"] = np.asarray(batch["label"], np.int32)
     arrays = sharding_lib.put_batch(batch, mesh)
-    hits = _classifier_hits(graphdef, bool(flips), state, arrays["image"], arrays["label"],
-                            arrays["mask"])
+    hits = _classifier_hits(graphdef, bool(flips), state, arrays["image"],
+                            arrays["label"], arrays["mask"])
     # Summed on device and fetched once at the end; the host only waits
     # every few batches (DispatchBound) so that it cannot run far ahead.
     totals = hits if totals is None else tuple(
