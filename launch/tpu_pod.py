@@ -48,16 +48,17 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(1, str(pathlib.Path(__file__).resolve().parent.parent))
 import launchlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from launchlib import Result, Runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+# The chip table and accelerator-type -> topology mapping (stdlib only: no
+# jax import, so this script runs where vgg_jax's dependencies are absent).
+from vgg_jax import pods  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Default TPU VM software per generation (Cloud TPU docs, "TPU software
 # versions").
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
                     "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
-GENERATIONS = {"v4": "v4", "v5litepod": "v5e", "v5p": "v5p", "v6e": "v6e"}
-# gcloud counts TensorCores in v4/v5p accelerator types (2 per chip).
-CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5litepod": 1, "v6e": 1}
 DONE_REASONS = ("total_steps", "plateau", "stop_after_steps")
 MOUNT_ROOT = "/mnt/gcs"
 REMOTE_DIR = "vgg_jax"  # under the worker's home directory
@@ -72,35 +73,24 @@ GCSFUSE_INSTALL = (
 
 
 def parse_accelerator_type(acc: str) -> tuple[str, int]:
-  """``v5litepod-64`` -> ("v5litepod", 64 chips); a clear error otherwise."""
+  """``v5litepod-64`` -> ("v5litepod", 64 chips); a clear error otherwise.
+
+  The first part is gcloud's family name (what RUNTIME_VERSIONS is keyed
+  by); chips are counted by ``vgg_jax.pods`` (v4/v5p types count TensorCores).
+  """
   m = re.fullmatch(r"(v4|v5litepod|v5p|v6e)-(\d+)", acc)
   if not m:
     raise ValueError(f"accelerator type {acc!r} is not one of v4-N, "
                      "v5litepod-N, v5p-N, v6e-N (gcloud's names, e.g. "
                      "v5litepod-64, v4-32)")
-  family, n = m.group(1), int(m.group(2))
-  if n % CORES_PER_CHIP[family]:
-    raise ValueError(f"{acc}: {family} counts TensorCores, 2 per chip; "
-                     "the number must be even")
-  return family, n // CORES_PER_CHIP[family]
-
-
-# Slice shapes by chip count (Cloud TPU docs' topologies for each type).
-SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8",
-             128: "8x16", 256: "16x16"}
-SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
-             128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16",
-             2048: "8x16x16", 4096: "16x16x16"}
+  _, chips = pods.parse_accelerator_type(acc)
+  return m.group(1), chips
 
 
 def topology_for(acc: str) -> str:
   """The AOT topology (``vgg_jax.aot --topology``) of an accelerator type."""
-  family, chips = parse_accelerator_type(acc)
-  shapes = SHAPES_3D if family in ("v4", "v5p") else SHAPES_2D
-  if chips not in shapes:
-    raise ValueError(f"{acc}: {chips} chips is not a slice shape this "
-                     f"launcher knows ({sorted(shapes)}); pass --topology")
-  return f"{GENERATIONS[family]}:{shapes[chips]}"
+  parse_accelerator_type(acc)
+  return pods.accelerator_topology(acc)
 
 
 def split_gs(url: str) -> tuple[str, str]:

@@ -192,6 +192,32 @@ def test_topology_names():
   assert chip.generation == "v4" and dims == (2, 2, 4)
   assert chip.accelerator_type(16) == "v4-32"  # gcloud counts TensorCores
   assert pods.CHIPS["v5e"].accelerator_type(256) == "v5litepod-256"
+  # gcloud's accelerator types, any size Cloud TPU sells: v5e/v6e count
+  # chips, v4/v5p TensorCores (Cloud TPU docs' slice shapes).
+  for acc, topo in [("v5litepod-16", "v5e:4x4"), ("v5litepod-1", "v5e:1x1"),
+                    ("v5e-8", "v5e:2x4"), ("v6e-64", "v6e:8x8"),
+                    ("v5p-8", "v5p:2x2x1"), ("v4-64", "v4:2x4x4"),
+                    ("v5p-1024", "v5p:8x8x8"), ("trillium-4", "v6e:2x2")]:
+    assert pods.canonical_topology(acc) == topo, acc
+    chip, dims = pods.parse_topology(topo)
+    assert chip.accelerator_type(math.prod(dims)).split("-")[1] == \
+        acc.split("-")[1]
+  assert pods.canonical_topology("v6e:2x2x1") == "v6e:2x2"
+  assert pods.canonical_topology(" v4:2x2x1 ") == "v4:2x2x1"
+
+
+@pytest.mark.parametrize("name,message", [
+    ("v9z:4x4", "unknown TPU generation 'v9z'"),
+    ("v5e:four", "GENERATION:AxB"),
+    ("v5e", "GENERATION:AxB"),
+    ("v5p-7", "2 per chip"),
+    ("v5litepod-12", "not a v5e slice size"),
+    ("v6e:2x2x2", "v6e slices are 2D"),
+    ("v5e:0x4", "empty dimension"),
+])
+def test_topology_name_errors(name, message):
+  with pytest.raises(ValueError, match=message):
+    pods.parse_topology(name)
 
 
 HLO = """
@@ -264,6 +290,97 @@ def test_sweep_bisection_finds_the_boundary(monkeypatch, tmp_path):
   assert r["max_global_batch"] == 16 * best
   assert r["first_failing_global_batch"] == 16 * (best + 8)
   assert len(calls) <= 10  # not a linear scan
+
+
+def _fake_compiler(monkeypatch, limit, wrong_probes=()):
+  """A compiler that fits up to ``limit`` per chip (v5e:4x4, 16 chips), and
+  a probe that agrees except at ``wrong_probes`` (it passes them, as a
+  probe whose compiler is slow to refuse would)."""
+  hbm = pods.CHIPS["v5e"].hbm_bytes
+  calls = {"full": [], "probe": []}
+
+  def fake_compile(config, topology, batch, cache_dir, **kw):
+    calls["full"].append(batch // 16)
+    fits = batch // 16 <= limit
+    return {"memory_per_chip": {"peak_bytes": hbm // 2 if fits else None,
+                                "refused_by_compiler": not fits,
+                                "hbm_bytes": hbm, "fits": fits}}
+
+  def fake_probe(config, topology, batch, cache_dir, *, probe_s, **kw):
+    calls["probe"].append(batch // 16)
+    return batch // 16 <= limit or batch // 16 in wrong_probes
+
+  monkeypatch.setattr(aot, "compile_point", fake_compile)
+  monkeypatch.setattr(aot, "probe_point", fake_probe)
+  return calls
+
+
+def _sweep_config():
+  import ml_collections
+  return ml_collections.ConfigDict(dict(
+      model=dict(name="D", dtype="bfloat16"), shard_fc_kernels=False,
+      mesh_model_axis=1))
+
+
+@pytest.mark.parametrize("limit,wrong", [(384, ()), (896, (904, 960)),
+                                         (8, ()), (1000, (1008,))])
+def test_probe_sweep_compiles_only_its_answer(monkeypatch, tmp_path, limit,
+                                              wrong):
+  """Probes bracket and bisect; the answer is compiled in full, and a probe
+  that passed wrongly is caught by that compile: the result is exact."""
+  calls = _fake_compiler(monkeypatch, limit, wrong)
+  r = aot.sweep(_sweep_config(), "v5e:4x4", tmp_path, step_per_chip=8,
+                probe_s=30, log=lambda s: None)
+  assert r["max_batch_per_chip"] == limit // 8 * 8
+  assert r["first_failing_global_batch"] == 16 * (limit // 8 * 8 + 8)
+  assert r["at_max"]["memory_per_chip"]["fits"]
+  # The one full compile that fits (minutes, not seconds) is the answer;
+  # the others are refusals (seconds), among them the probes' wrong passes
+  # caught (a fully compiled failure is as certain as a refusal).
+  assert [x for x in calls["full"] if x <= limit] == [limit // 8 * 8]
+  assert set(wrong) <= set(calls["full"])
+  assert len(calls["probe"]) <= 16
+
+
+def test_sweep_with_a_right_guess_is_two_compiles(monkeypatch, tmp_path):
+  """A guess from a neighbouring cell (E's limit for D) that is right costs
+  one probe above it and one full compile of it."""
+  calls = _fake_compiler(monkeypatch, 384)
+  r = aot.sweep(_sweep_config(), "v5e:4x4", tmp_path, step_per_chip=8,
+                probe_s=30, guess_per_chip=384, log=lambda s: None)
+  assert r["max_batch_per_chip"] == 384
+  assert calls == {"probe": [392], "full": [384]}
+  calls = _fake_compiler(monkeypatch, 200)  # a wrong guess still converges
+  r = aot.sweep(_sweep_config(), "v5e:4x4", tmp_path, step_per_chip=8,
+                probe_s=30, guess_per_chip=384, log=lambda s: None)
+  assert r["max_batch_per_chip"] == 200
+  assert [x for x in calls["full"] if x <= 200] == [200]
+
+
+@needs_libtpu
+def test_probe_point_refusal_and_pass(tmp_path):
+  """The real probe: a batch XLA refuses comes back as a cached full point
+  (refused); one that compiles longer than ``probe_s`` (0 here) is stopped
+  and recorded as passed under probes/, never as a full point."""
+  config = aot.load_experiment(CONFIG)
+  env = os.environ.copy()
+  try:
+    for k in list(os.environ):
+      if k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS")):
+        del os.environ[k]
+    assert not aot.probe_point(config, "v5e:2x2", 2097152, tmp_path,
+                               probe_s=120)
+    full = json.loads((tmp_path / (aot.point_key(
+        config, "v5e:2x2", 2097152) + ".json")).read_text())
+    assert full["memory_per_chip"]["refused_by_compiler"]
+    assert aot.probe_point(config, "v5e:2x2", 128, tmp_path, probe_s=0)
+    key = aot.point_key(config, "v5e:2x2", 128)
+    assert not (tmp_path / (key + ".json")).exists()
+    assert json.loads((tmp_path / "probes" / (key + ".json")).read_text())[
+        "passed"]
+  finally:
+    os.environ.clear()
+    os.environ.update(env)
 
 
 REFUSAL = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of "
@@ -358,19 +475,30 @@ def test_topology_devices_one_per_chip():
   (megacore), not one per TensorCore."""
   code = ("from vgg_jax import pods; pods.prepare_aot_environment()\n"
           "from vgg_jax import aot\n"
-          "for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x4', 'v6e:2x2'):\n"
+          "for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x4', 'v6e:2x2',\n"
+          "          'v5litepod-1', 'v5p-8', 'v6e:1x1'):\n"
           "  d = aot.topology_devices(t)\n"
-          "  print(t, len(d), len({tuple(x.coords) for x in d}))\n")
+          "  print(t, len(d), len({tuple(x.coords) for x in d}))\n"
+          "try:\n"
+          "  aot.topology_devices('v5e:3x3')\n"
+          "except ValueError as e:\n"
+          "  print('v5e:3x3', str(e).replace(' ', '_'))\n")
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("TPU_", "JAX_PLATFORMS"))}
   env["PYTHONPATH"] = str(ROOT)
   p = subprocess.run([sys.executable, "-c", code], capture_output=True,
                      text=True, env=env, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
-  counts = dict((line.split()[0], tuple(map(int, line.split()[1:])))
-                for line in p.stdout.splitlines())
+  lines = dict(line.split(maxsplit=1) for line in p.stdout.splitlines())
+  error = lines.pop("v5e:3x3")
+  counts = {t: tuple(map(int, v.split())) for t, v in lines.items()}
+  # One chip: smaller than libtpu's default host of 2x2 chips.
   assert counts == {"v4:2x2x1": (4, 4), "v5p:2x2x2": (8, 8),
-                    "v5e:2x4": (8, 8), "v6e:2x2": (4, 4)}
+                    "v5e:2x4": (8, 8), "v6e:2x2": (4, 4),
+                    "v5litepod-1": (1, 1), "v5p-8": (4, 4), "v6e:1x1": (1, 1)}
+  # A shape libtpu cannot build is a ValueError naming the shapes that exist.
+  assert "libtpu_cannot_build_the_TPU_topology_'v5e:3x3'" in error
+  assert "2x4,_4x4" in error
 
 
 def test_build_step_follows_the_config_task_and_model_mapping():

@@ -7,6 +7,7 @@ the compile, the cache and the command line.)
         --config.model.dtype=bfloat16 --output d_v5e.json
     python -m vgg_jax.aot --config experiments/configE.py --topology v5p-128 \
         --sweep --cache_dir benchmarks/results/aot_cache
+    python -m vgg_jax.aot --config experiments/configA.py --topology v5litepod-16
 
 With ``libtpu`` importable (``pip install -e '.[tpu-aot]'``, or setup.sh's
 ``.libtpu`` directory, which this module finds by itself),
@@ -96,7 +97,12 @@ class LibtpuMissingError(RuntimeError):
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
-  """The compile-only devices of a TPU topology (needs libtpu)."""
+  """The compile-only devices of a TPU topology (needs libtpu).
+
+  ``topology``: anything ``pods.parse_topology`` reads (``v5e:4x4``,
+  ``v5litepod-16``, ``v4-32``).  A shape libtpu cannot build (``v5e:3x3``)
+  is a ``ValueError`` that says so.
+  """
   import importlib.util
   if importlib.util.find_spec("libtpu") is None:
     raise LibtpuMissingError(
@@ -105,6 +111,8 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
         "puts it in .libtpu/, found automatically)")
   from jax.experimental import topologies
   chip, dims = pods.parse_topology(topology)
+  if num_slices < 1:
+    raise ValueError(f"num_slices must be >= 1, not {num_slices}")
   # Read once, by the first topology a process creates; without it libtpu
   # prints a warning (harmless).
   os.environ.setdefault("TPU_ACCELERATOR_TYPE",
@@ -114,9 +122,23 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
     # v4 and v5p run as one device per chip (megacore), as jax.devices()
     # lists them on the pod; libtpu's default for v4 is one per TensorCore.
     kwargs["chip_config_name"] = "megacore"
-  desc = topologies.get_topology_desc(
-      topology_name=pods.canonical_topology(topology), platform="tpu",
-      **kwargs)
+  padded = (tuple(dims) + (1, 1))[:3]
+  if any(d < b for d, b in zip(padded, (2, 2, 1))):
+    # libtpu assumes hosts of 2x2x1 chips; a slice smaller than one such
+    # host (v5litepod-1, v6e:1x1) is one host of that size.
+    kwargs["chips_per_host_bounds"] = tuple(
+        min(d, b) for d, b in zip(padded, (2, 2, 1)))
+  name = pods.canonical_topology(topology)
+  try:
+    desc = topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                        **kwargs)
+  except (jax.errors.JaxRuntimeError, RuntimeError, ValueError) as e:
+    shapes = pods.SHAPES_3D if chip.cores_per_chip > 1 else pods.SHAPES_2D
+    raise ValueError(
+        f"libtpu cannot build the TPU topology {name!r}"
+        f"{f' x {num_slices} slices' if num_slices > 1 else ''}: "
+        f"{str(e).strip().splitlines()[0][:300]}. {chip.generation} slices "
+        f"Cloud TPU offers: {', '.join(shapes.values())}") from e
   return list(desc.devices)
 
 
@@ -404,11 +426,13 @@ def analyze(config, topology: str, *, num_slices: int = 1,
             num_classes: int | None = None,
             num_train_examples: int | None = None,
             chip: pods.Chip | None = None, devices: list | None = None,
-            keep_hlo: bool = False) -> dict:
+            keep_hlo: bool = False, on_compile=None) -> dict:
   """Compile ``config``'s training step for ``topology``; the report dict.
 
   ``topology="cpu"`` compiles for this machine's devices instead (then
-  ``chip`` must give the peaks, e.g. measured ones).
+  ``chip`` must give the peaks, e.g. measured ones).  ``on_compile()`` is
+  called when the step is lowered, as XLA's compiler starts (the sweep's
+  probes time the compiler from there).
   """
   if topology == "cpu":
     if chip is None:
@@ -453,7 +477,10 @@ def analyze(config, topology: str, *, num_slices: int = 1,
       "jax": jax.__version__,
   }
   try:
-    compiled = built.jitted.lower(*built.args).compile()
+    lowered = built.jitted.lower(*built.args)
+    if on_compile is not None:
+      on_compile()
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     refusal = compiler_refusal(str(e), chip)
     if refusal is None:
@@ -513,6 +540,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _gib(b: float) -> str:
+  if b < pods.GIB:  # small nets: 0.01 GiB would say little
+    return f"{b / 2**20:.1f} MiB"
   return f"{b / pods.GIB:.2f} GiB"
 
 
@@ -577,67 +606,149 @@ def compile_point(config, topology: str, batch: int, cache_dir, **kw) -> dict:
   return r
 
 
+# XLA's TPU compiler refuses a program over the HBM within seconds (1-9 s
+# for VGG-E on 2 cores) but takes minutes (50-350 s) to compile one that
+# fits.  A probe compiles in a child process and stops it once the
+# compiler has run ``probe_s`` without refusing: "passed" is then a
+# cheap, not a certain, "fits".  The sweep bisects with probes and
+# compiles only its answer in full; the answer counts when that compile
+# fits and one step more was refused or did not fit (both certain).
+_PROBE_CHILD = (
+    "import pickle, sys\n"
+    "from vgg_jax import pods\n"
+    "pods.prepare_aot_environment()\n"
+    "from vgg_jax import aot\n"
+    "with open(sys.argv[1], 'rb') as f:\n"
+    "  config, topology, batch, cache_dir, kw = pickle.load(f)\n"
+    "aot.compile_point(config, topology, batch, cache_dir,\n"
+    "                  on_compile=lambda: print('compiling', flush=True), **kw)\n")
+
+
+def probe_point(config, topology: str, batch: int, cache_dir, *,
+                probe_s: float = 45.0, **kw) -> bool:
+  """Does XLA's TPU compiler accept ``batch`` (per the HBM)?  Cheaply.
+
+  A point compiled in full (cached) answers exactly.  Otherwise a child
+  process compiles it: a refusal (or a full compile that ends within
+  ``probe_s``) is cached as a full point; a compile still running after
+  ``probe_s`` is stopped and recorded under ``cache_dir/probes/`` as
+  passed (not a full point: the table never shows it).
+  """
+  import pickle
+  import subprocess
+  import tempfile
+  cache_dir = pathlib.Path(cache_dir)
+  key = point_key(config, topology, batch)
+  full = cache_dir / (key + ".json")
+  probe = cache_dir / "probes" / (key + ".json")
+  for path in (full, probe):
+    if path.is_file():
+      r = json.loads(path.read_text())
+      return bool(r["memory_per_chip"]["fits"] if path == full
+                  else r["passed"])
+  with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+    pickle.dump((config, topology, batch, str(cache_dir), kw), f)
+  t0 = time.perf_counter()
+  proc = subprocess.Popen([sys.executable, "-c", _PROBE_CHILD, f.name],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  try:
+    line = proc.stdout.readline()  # "compiling", or "" if it failed first
+    t_compile = time.perf_counter()
+    try:
+      proc.wait(timeout=probe_s if line.strip() == "compiling" else 600)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, 9)
+      proc.wait()
+      write_json(probe, {"passed": True, "probe_s": probe_s,
+                         "setup_s": t_compile - t0, "key": key})
+      return True
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, 9)
+      proc.wait()
+    os.unlink(f.name)
+  if not full.is_file():
+    raise RuntimeError(f"probe of {key} failed (exit {proc.returncode}): "
+                       f"{proc.stderr.read()[-3000:]}")
+  return bool(json.loads(full.read_text())["memory_per_chip"]["fits"])
+
+
 def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
-          start_per_chip: int = 8, max_per_chip: int = 8192,
+          start_per_chip: int = 64, max_per_chip: int = 8192,
+          guess_per_chip: int | None = None, probe_s: float | None = None,
           log=print, **kw) -> dict:
   """Largest global batch (a multiple of the data shards) that fits.
 
-  Compiles at ``start_per_chip`` and twice that, extrapolates the memory
-  linearly to the HBM, then bisects until a fitting batch and one
-  ``step_per_chip`` larger that does not fit are both compiled (or the
-  largest batch tried, ``max_per_chip``, still fits).
+  Per chip, in multiples of ``step_per_chip``: from ``guess_per_chip``
+  (checked with one step more first) or ``start_per_chip``, doubles or
+  halves until the boundary is bracketed, then bisects.  With ``probe_s``
+  the bracketing uses ``probe_point``, and a candidate one step below a
+  known failure is compiled in full; the result holds when the largest
+  fitting batch is a full compile and one step more does not fit.
   """
   chip, dims = pods.parse_topology(topology)
   chips = math.prod(dims) * kw.get("num_slices", 1)
   shards = chips // config.mesh_model_axis
-  tried = {}
+  step = step_per_chip
+  tried, passed, failed = {}, set(), set()
 
-  def fits(per_chip: int) -> bool:
-    r = compile_point(config, topology, per_chip * shards, cache_dir, **kw)
-    tried[per_chip] = r
+  def full(x: int) -> bool:
+    r = compile_point(config, topology, x * shards, cache_dir, **kw)
+    tried[x] = r
     m = r["memory_per_chip"]
     peak = ("refused by XLA's compiler" if m.get("refused_by_compiler")
             else f"peak {_gib(m['peak_bytes'])}")
-    log(f"  {point_key(config, topology, per_chip * shards)}: {peak} of "
+    log(f"  {point_key(config, topology, x * shards)}: {peak} of "
         f"{_gib(m['hbm_bytes'])} -> {'fits' if m['fits'] else 'does not fit'}")
     return m["fits"]
 
-  lo, hi = 0, None  # largest known fitting / smallest known failing per chip
-  a, b = start_per_chip, 2 * start_per_chip
-  for x in (a, b):
-    if fits(x):
-      lo = max(lo, x)
+  def check(x: int) -> bool:
+    if x in passed or x in failed:
+      return x in passed
+    hi = min(failed, default=None)
+    if probe_s is None or (hi is not None and x + step >= hi):
+      ok = full(x)  # a candidate answer: compile it for real
     else:
-      hi = x if hi is None else min(hi, x)
+      ok = probe_point(config, topology, x * shards, cache_dir,
+                       probe_s=probe_s, **kw)
+      log(f"  {point_key(config, topology, x * shards)}: probe "
+          f"{'passed' if ok else 'refused'}")
+    (passed if ok else failed).add(x)
+    return ok
+
+  def lo_hi():
+    hi = min(failed, default=None)
+    lo = max((x for x in passed if hi is None or x < hi), default=0)
+    return lo, hi
+
+  rnd = lambda x: max(step, int(x) // step * step)  # noqa: E731
+  x = min(max_per_chip, rnd(guess_per_chip or start_per_chip))
+  if guess_per_chip and x + step <= max_per_chip:
+    check(x + step)  # a refusal one step above a good guess is cheap
+  check(x)
+  while True:  # bracket: double up or halve down
+    lo, hi = lo_hi()
+    if hi is None and lo < max_per_chip:
+      check(min(max_per_chip, rnd(2 * lo)))
+    elif hi is not None and lo == 0 and hi > step:
+      check(rnd(hi // 2))
+    else:
       break
-  if lo == b:  # linear model through the two points
-    pa = tried[a]["memory_per_chip"]["peak_bytes"]
-    pb = tried[b]["memory_per_chip"]["peak_bytes"]
-    slope = (pb - pa) / (b - a)
-    guess = int((chip.hbm_bytes - pa) / slope + a) if slope > 0 else 2 * b
-    guess = max(b + step_per_chip,
-                min(max_per_chip, guess // step_per_chip * step_per_chip))
-    if fits(guess):
-      lo = guess
-      nxt = guess + step_per_chip
-      if nxt <= max_per_chip and not fits(nxt):
-        hi = nxt
-    else:
-      hi = guess
-  while hi is None and lo < max_per_chip:  # double until it does not fit
-    x = min(max_per_chip, 2 * lo)
-    if fits(x):
-      lo = x
-    else:
-      hi = x
-  while hi is not None and hi - lo > step_per_chip:
-    mid = (lo + hi) // 2 // step_per_chip * step_per_chip
-    if mid <= lo:
+  while True:  # bisect, then make the answer certain
+    lo, hi = lo_hi()
+    while hi is not None and hi - lo > step:
+      mid = rnd((lo + hi) // 2)
+      if mid <= lo or mid >= hi:
+        break
+      check(mid)
+      lo, hi = lo_hi()
+    if lo == 0 or lo in tried and tried[lo]["memory_per_chip"]["fits"]:
       break
-    if fits(mid):
-      lo = mid
-    else:
-      hi = mid
+    if not full(lo):  # the probe passed; the full compile says no
+      passed.discard(lo)
+      failed.add(lo)
+  lo, hi = lo_hi()
   best = tried.get(lo)
   return {"net": config.model.name, "topology": pods.canonical_topology(
       topology), "dtype": config.model.dtype,
@@ -646,7 +757,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
       "max_global_batch": lo * shards, "max_batch_per_chip": lo,
       "first_failing_global_batch": hi * shards if hi else None,
       "step_per_chip": step_per_chip, "at_max": best,
-      "points": sorted(k * shards for k in tried)}
+      "points": sorted(k * shards for k in passed | failed)}
 
 
 # ----------------------------------------------------------------------------
@@ -662,8 +773,9 @@ def main(argv=None):
       "override fields with --config.field=value as for vgg_jax.main.",
       lock_config=True)
   flags.DEFINE_string("topology", None, "TPU topology, GENERATION:AxB[xC] "
-                      "(v4:2x2x4, v5e:16x16, v5p:4x4x4, v6e:8x8) or a pod "
-                      f"name ({', '.join(pods.SWEEP_TOPOLOGIES)}).")
+                      "(v4:2x2x4, v5e:16x16, v5p:4x4x4, v6e:8x8) or a Cloud "
+                      "TPU accelerator type (v5litepod-16, v4-32, v5p-8, "
+                      "v6e-256).")
   flags.DEFINE_integer("num_slices", 1, "Slices (multislice), if libtpu "
                        "supports it for this generation.")
   flags.DEFINE_integer("num_classes", None, "Class count when the dataset "
@@ -676,6 +788,12 @@ def main(argv=None):
   flags.DEFINE_string("cache_dir", "benchmarks/results/aot_cache",
                       "Sweep: one JSON per compiled point (resumable).")
   flags.DEFINE_integer("step_per_chip", 8, "Sweep resolution, images/chip.")
+  flags.DEFINE_float("probe_s", 45.0, "Sweep: bisect with probes, a compile "
+                     "XLA has not refused after this many seconds passing "
+                     "(the answer is compiled in full); 0: every point in "
+                     "full.")
+  flags.DEFINE_integer("guess_per_chip", None, "Sweep: a first guess (e.g. "
+                       "a neighbouring net's answer).")
   flags.mark_flags_as_required(["config", "topology"])
 
   def run(_):
@@ -686,7 +804,9 @@ def main(argv=None):
                 num_train_examples=flags_.num_train_examples)
       if flags_.sweep:
         result = sweep(config, flags_.topology, flags_.cache_dir,
-                       step_per_chip=flags_.step_per_chip, **kw)
+                       step_per_chip=flags_.step_per_chip,
+                       probe_s=flags_.probe_s or None,
+                       guess_per_chip=flags_.guess_per_chip, **kw)
         print(f"largest global batch that fits: "
               f"{result['max_global_batch']} "
               f"({result['max_batch_per_chip']}/chip; "

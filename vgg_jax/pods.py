@@ -74,31 +74,90 @@ SWEEP_TOPOLOGIES = {
     "v6e-256": "v6e:16x16",
 }
 
+# The slice shape of each chip count (Cloud TPU docs' topologies for each
+# accelerator type: v5e/v6e are 2D tori, v4/v5p 3D).
+SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8",
+             128: "8x16", 256: "16x16"}
+SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
+             128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16",
+             2048: "8x16x16", 4096: "16x16x16"}
+
 _TOPOLOGY_RE = re.compile(r"^([A-Za-z0-9]+):(\d+(?:x\d+){1,2})$")
+_ACCELERATOR_RE = re.compile(r"^([A-Za-z0-9]+)-(\d+)$")
+_NAME_HELP = ("a topology GENERATION:AxB[xC] (v5e:4x4, v4:2x2x4, v5p:4x4x4, "
+              "v6e:16x16) or a Cloud TPU accelerator type (v5litepod-16, "
+              "v5e-256, v4-32, v5p-8, v6e-64; v4/v5p count TensorCores, 2 "
+              "per chip)")
+
+
+def _generation(name: str, full: str) -> Chip:
+  gen = ALIASES.get(name.lower(), name.lower())
+  if gen not in CHIPS:
+    raise ValueError(f"unknown TPU generation {name!r} in {full!r}; "
+                     f"known: {', '.join(sorted(CHIPS))} (also "
+                     f"{', '.join(sorted(ALIASES))})")
+  return CHIPS[gen]
+
+
+def parse_accelerator_type(name: str) -> tuple[Chip, int]:
+  """``"v5litepod-64"`` -> (the v5e Chip, 64 chips); ``"v4-32"`` -> (v4, 16).
+
+  gcloud's accelerator types count chips for v5e/v6e and TensorCores for
+  v4/v5p (2 per chip).
+  """
+  m = _ACCELERATOR_RE.match(name.strip())
+  if not m:
+    raise ValueError(f"{name!r} is not an accelerator type GENERATION-N "
+                     "(v5litepod-64, v4-32, v5p-128, v6e-8)")
+  chip = _generation(m.group(1), name)
+  n = int(m.group(2))
+  if n < 1 or n % chip.cores_per_chip:
+    raise ValueError(f"{name}: {chip.generation} accelerator types count "
+                     f"TensorCores, {chip.cores_per_chip} per chip; the "
+                     "number must be a positive multiple of "
+                     f"{chip.cores_per_chip}")
+  return chip, n // chip.cores_per_chip
+
+
+def accelerator_topology(name: str) -> str:
+  """The topology of an accelerator type: ``"v5litepod-64"`` -> ``"v5e:8x8"``."""
+  chip, chips = parse_accelerator_type(name)
+  shapes = SHAPES_3D if chip.cores_per_chip > 1 else SHAPES_2D
+  if chips not in shapes:
+    raise ValueError(
+        f"{name} is {chips} chips, not a {chip.generation} slice size Cloud "
+        f"TPU offers as one accelerator type ({', '.join(map(str, shapes))} "
+        f"chips); give the topology itself, e.g. "
+        f"{chip.generation}:{next(iter(shapes.values()))}")
+  return f"{chip.generation}:{shapes[chips]}"
 
 
 def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
-  """``"v5e:4x4"`` -> (the v5e Chip, (4, 4)); a clear error otherwise.
+  """``"v5e:4x4"`` or ``"v5litepod-16"`` -> (the v5e Chip, (4, 4)).
 
-  Also accepts the pod names of ``SWEEP_TOPOLOGIES`` (e.g. ``v5e-256``).
+  A clear ``ValueError`` for anything else.  Whether libtpu can build the
+  shape is checked where the devices are made (``aot.topology_devices``).
   """
-  name = SWEEP_TOPOLOGIES.get(name, name)
-  m = _TOPOLOGY_RE.match(name.strip())
+  name = name.strip()
+  if _ACCELERATOR_RE.match(name):
+    name = accelerator_topology(name)
+  m = _TOPOLOGY_RE.match(name)
   if not m:
-    raise ValueError(
-        f"topology {name!r} is not GENERATION:AxB[xC], e.g. v5e:4x4, "
-        f"v4:2x2x2, v5p:4x4x4, v6e:16x16 (or one of "
-        f"{', '.join(SWEEP_TOPOLOGIES)})")
-  gen = ALIASES.get(m.group(1).lower(), m.group(1).lower())
-  if gen not in CHIPS:
-    raise ValueError(f"unknown TPU generation {m.group(1)!r} in {name!r}; "
-                     f"known: {', '.join(sorted(CHIPS))}")
+    raise ValueError(f"topology {name!r} is not {_NAME_HELP}")
+  chip = _generation(m.group(1), name)
   dims = tuple(int(d) for d in m.group(2).split("x"))
-  return CHIPS[gen], dims
+  if min(dims) < 1:
+    raise ValueError(f"topology {name!r} has an empty dimension")
+  if chip.cores_per_chip == 1 and len(dims) == 3 and dims[2] == 1:
+    dims = dims[:2]  # v6e:2x2x1 is v6e:2x2
+  if chip.cores_per_chip == 1 and len(dims) != 2:
+    raise ValueError(f"{chip.generation} slices are 2D (AxB, e.g. "
+                     f"{chip.generation}:4x4), not {name!r}")
+  return chip, dims
 
 
 def canonical_topology(name: str) -> str:
-  """The ``generation:dims`` form of ``name`` (pod names resolved)."""
+  """The ``generation:dims`` form of ``name`` (accelerator types resolved)."""
   chip, dims = parse_topology(name)
   return f"{chip.generation}:{'x'.join(map(str, dims))}"
 
