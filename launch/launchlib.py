@@ -94,7 +94,8 @@ def git_remote_url(runner: Runner | None = None) -> str:
   url = p.stdout.strip()
   if p.returncode or not url:
     raise ValueError("this checkout has no 'origin' remote: pass --repo-url "
-                     "URL (a git URL every worker can clone) or --wheel")
+                     "URL (a git URL every worker can clone) or --archive (copy "
+                     "this checkout's committed tree to every worker)")
   return url
 
 

@@ -152,10 +152,20 @@ class Pod:
                                    self.overrides(),
                                    extra_flags=["--multihost"])
 
+  def source(self) -> tuple[str | None, str]:
+    """(the git URL the workers clone, None with --archive; the commit)."""
+    url = None if self.a.archive else (self.a.repo_url or
+                                       launchlib.git_remote_url())
+    return url, self.a.ref or launchlib.git_head()
+
   # --- actions ---
   def preflight(self) -> None:
     """Each check prints what failed and what to do; raises SystemExit(2)."""
     failures = []
+    try:  # what the workers will run, known before the pod exists
+      self.source()
+    except ValueError as e:
+      failures.append(str(e))
     if not self.a.skip_aot:
       aot = [sys.executable, "-m", "vgg_jax.aot", "--config", self.a.config,
              "--topology", self.topology, *self.a.overrides]
@@ -242,9 +252,9 @@ class Pod:
             " || uv venv -q --python 3.11 .venv; }")
     install = (f"uv pip install -q --python .venv/bin/python -e . "
                f"{shlex.quote(jax_pin)}")
+    url, ref = self.source()
     if self.a.archive:
       # This checkout's committed tree, copied to every worker.
-      ref = self.a.ref or launchlib.git_head()
       tarball = str(launchlib.REPO_ROOT / "dist" / f"vgg_jax-{ref[:12]}.tar.gz")
       self.r.run(["mkdir", "-p", str(launchlib.REPO_ROOT / "dist")])
       self.r.run(["git", "-C", str(launchlib.REPO_ROOT), "archive",
@@ -256,8 +266,6 @@ class Pod:
               f"~/{REMOTE_DIR}.new/; }} && rm -rf ~/{REMOTE_DIR} && mv "
               f"~/{REMOTE_DIR}.new ~/{REMOTE_DIR} && {venv} && {install}")
     else:
-      url = self.a.repo_url or launchlib.git_remote_url()
-      ref = self.a.ref or launchlib.git_head()
       code = (f"{{ [ -d ~/{REMOTE_DIR}/.git ] || git clone -q "
               f"{shlex.quote(url)} ~/{REMOTE_DIR}; }} && cd ~/{REMOTE_DIR} "
               f"&& git fetch -q origin && git checkout -q "

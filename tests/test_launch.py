@@ -214,6 +214,24 @@ def test_tpu_preflight_messages(capsys):
   assert "the workdir gs://bkt/wd/D is not writable" in err
 
 
+def test_tpu_no_code_source_stops_before_the_pod(capsys, monkeypatch):
+  """Without --repo-url, an origin remote or --archive, the workers would
+  have no code: `train` stops at the preflight, before the queued resource
+  is created (not at setup, with the pod already billing)."""
+  def no_remote(runner=None):
+    raise ValueError("this checkout has no 'origin' remote: pass --repo-url")
+  monkeypatch.setattr(launchlib, "git_remote_url", no_remote)
+  args = [a for a in TPU_ARGS if a not in ("--repo-url",
+                                           "https://example.org/vgg_jax.git")]
+  with pytest.raises(SystemExit) as e:
+    tpu_dry(["train", *args])
+  assert e.value.code == 2
+  assert "no 'origin' remote" in capsys.readouterr().err
+  # With --archive the same checkout is fine.
+  rc, _, cmds = tpu_dry(["preflight", *args, "--archive"])
+  assert rc == 0 and not any("queued-resources" in c for c in cmds)
+
+
 def test_tpu_preflight_runs_the_aot_check():
   args = [a for a in TPU_ARGS if a != "--skip-aot"]
   _, _, cmds = tpu_dry(["preflight", *args, "--", SPACED])
