@@ -44,16 +44,25 @@ def points(nets, topologies, dtypes, fcs):
 
 
 def neighbour_guess(rows, pod: str, fc: bool, dtype: str) -> int | None:
-  """A first guess for a cell: the answer of a finished cell with the same
-  chip HBM, dtype and FC sharding (D and E share theirs: the 224x224
-  activations of the first block dominate, and each chip holds the same
-  per-chip batch whatever the pod's size)."""
+  """A first guess for a cell, from the finished cells on chips with the
+  same HBM: the same dtype and FC sharding first (D and E share theirs: the
+  224x224 activations of the first block dominate, and each chip holds its
+  batch whatever the pod's size), then the other FC sharding (per data
+  shard the activations are the same), then the other dtype (float32
+  activations are twice bfloat16's: half the batch).  Only the sweep's
+  speed depends on it."""
   hbm = pods.parse_topology(pod)[0].hbm_bytes
-  same = [r["max_batch_per_chip"] for r in rows
-          if r["dtype"] == dtype and r["shard_fc_kernels"] == fc
-          and pods.parse_topology(r["pod"])[0].hbm_bytes == hbm
-          and r["max_batch_per_chip"]]
-  return max(same) if same else None
+  other = {"bfloat16": "float32", "float32": "bfloat16"}.get(dtype)
+  scale = {"float32": 0.5, "bfloat16": 2.0}.get(dtype, 1.0)
+  for want_fc, want_dtype, f in ((fc, dtype, 1.0), (not fc, dtype, 1.0),
+                                 (fc, other, scale), (not fc, other, scale)):
+    same = [r["max_batch_per_chip"] for r in rows
+            if r["dtype"] == want_dtype and r["shard_fc_kernels"] == want_fc
+            and pods.parse_topology(r["pod"])[0].hbm_bytes == hbm
+            and r["max_batch_per_chip"]]
+    if same:
+      return int(max(same) * f) // 8 * 8 or None
+  return None
 
 
 def cost_table(epochs: float = 74.0, mfu: float = 0.4,

@@ -357,6 +357,24 @@ def test_sweep_with_a_right_guess_is_two_compiles(monkeypatch, tmp_path):
   assert [x for x in calls["full"] if x <= 200] == [200]
 
 
+def test_sweep_resumes_from_the_cache(monkeypatch, tmp_path):
+  """Points already in the cache (full compiles, probes) bracket the
+  search: a resumed sweep compiles only inside the bracket."""
+  calls = _fake_compiler(monkeypatch, 400)
+  config = _sweep_config()
+  for per_chip, fits in ((8, True), (384, True), (512, False)):
+    aot.write_json(tmp_path / (aot.point_key(config, "v5e:4x4", 16 * per_chip)
+                               + ".json"),
+                   {"memory_per_chip": {"fits": fits}})
+  aot.write_json(tmp_path / "probes" / (aot.point_key(
+      config, "v5e:4x4", 16 * 392) + ".json"), {"passed": True})
+  r = aot.sweep(config, "v5e:4x4", tmp_path, step_per_chip=8, probe_s=30,
+                log=lambda s: None)
+  assert r["max_batch_per_chip"] == 400
+  assert all(392 < x < 512 for x in calls["probe"] + calls["full"]), calls
+  assert [x for x in calls["full"] if x <= 400] == [400]
+
+
 @needs_libtpu
 def test_probe_point_refusal_and_pass(tmp_path):
   """The real probe: a batch XLA refuses comes back as a cached full point

@@ -74,7 +74,9 @@ from vgg_jax.models import count_macs, create_model, net_spec
 
 # Datasets whose class count and size are known without reading them (the
 # AOT check must not need the data).
+# (imagenet2012_loc: the ILSVRC-2012 training images with boxes, Appendix A.)
 KNOWN_DATASETS = {"imagenet2012": (1000, 1_281_167),
+                  "imagenet2012_loc": (1000, 544_546),
                   "fashion_mnist": (10, 60_000)}
 
 COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
@@ -722,11 +724,34 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     lo = max((x for x in passed if hi is None or x < hi), default=0)
     return lo, hi
 
+  # Resume: what the cache already knows about this cell (full compiles,
+  # probes) brackets the search before anything is compiled.
+  prefix = point_key(config, topology, 0)[:-1]
+  for path in sorted(pathlib.Path(cache_dir).glob(prefix + "*.json")) + \
+      sorted(pathlib.Path(cache_dir, "probes").glob(prefix + "*.json")):
+    batch = path.name[len(prefix):-len(".json")]
+    if not batch.isdigit() or int(batch) % shards:
+      continue
+    x, r = int(batch) // shards, json.loads(path.read_text())
+    if path.parent.name == "probes":
+      if probe_s is not None and x not in failed:
+        passed.add(x)
+    else:
+      tried[x] = r
+      fits = r["memory_per_chip"]["fits"]
+      (passed if fits else failed).add(x)
+      if not fits:
+        passed.discard(x)
+
   rnd = lambda x: max(step, int(x) // step * step)  # noqa: E731
   x = min(max_per_chip, rnd(guess_per_chip or start_per_chip))
-  if guess_per_chip and x + step <= max_per_chip:
-    check(x + step)  # a refusal one step above a good guess is cheap
-  check(x)
+  lo, hi = lo_hi()
+  if guess_per_chip and lo < x < (hi or math.inf):
+    if x + step < min(hi or math.inf, max_per_chip + 1):
+      check(x + step)  # a refusal one step above a good guess is cheap
+    check(x)
+  elif not passed and not failed:
+    check(x)
   while True:  # bracket: double up or halve down
     lo, hi = lo_hi()
     if hi is None and lo < max_per_chip:
