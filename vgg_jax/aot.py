@@ -616,7 +616,12 @@ def compile_point(config, topology: str, batch: int, cache_dir, **kw) -> dict:
 # compiles only its answer in full; the answer counts when that compile
 # fits and one step more was refused or did not fit (both certain).
 _PROBE_CHILD = (
-    "import pickle, sys\n"
+    "import os, pickle, sys, threading, time\n"
+    "def _orphaned(ppid=os.getppid()):  # the sweep stopped: stop too\n"
+    "  while os.getppid() == ppid:\n"
+    "    time.sleep(1)\n"
+    "  os._exit(1)\n"
+    "threading.Thread(target=_orphaned, daemon=True).start()\n"
     "from vgg_jax import pods\n"
     "pods.prepare_aot_environment()\n"
     "from vgg_jax import aot\n"
