@@ -373,3 +373,30 @@ def test_ssh_cluster_bad_hosts(capsys):
   assert ssh_cluster.main(["--hosts", "a,a", "--config", "c", "--workdir",
                            "w"], runner=runner) == 2
   assert "listed twice" in capsys.readouterr().err
+
+
+# --- two processes on this machine -------------------------------------------
+
+
+def test_local_multiprocess_dry_run(tmp_path):
+  script = str(LAUNCH / "local_multiprocess_cpu.sh")
+  p = subprocess.run(["bash", script, "--dry-run", "experiments/fashion_mnist.py",
+                      str(tmp_path / "wd"), SPACED],
+                     capture_output=True, text=True, timeout=60,
+                     env={"PATH": "/usr/bin:/bin", "PORT": "23456"})
+  assert p.returncode == 0, p.stderr
+  cmds = [argv_of(l) for l in p.stdout.splitlines()]
+  assert len(cmds) == 2 and not (tmp_path / "wd").exists()
+  for i, c in enumerate(cmds):
+    assert c[:3] == ["env", "XLA_FLAGS=--xla_force_host_platform_device_count=2",
+                     "VGG_JAX_CPU_COLLECTIVES=gloo"]
+    assert c[c.index("--process_id") + 1] == str(i)
+    assert c[c.index("--num_processes") + 1] == "2"
+    assert c[c.index("--coordinator_address") + 1] == "127.0.0.1:23456"
+    assert c[-1] == SPACED  # one argument, spaces and all
+  p = subprocess.run(["bash", script, "--dry-run", "experiments/fashion_mnist.py"],
+                     capture_output=True, text=True, timeout=60)
+  assert p.returncode == 2 and "usage:" in p.stderr
+  p = subprocess.run(["bash", script, "--dry-run", "c.py", "wd", "--model=D"],
+                     capture_output=True, text=True, timeout=60)
+  assert p.returncode == 2 and "--config.FIELD=VALUE" in p.stderr
