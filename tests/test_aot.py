@@ -583,3 +583,12 @@ def test_forward_macs_follow_the_configs_pool_rounding():
   want = sum(s * s * 9 * a * b for s, a, b in sides_and_channels)
   want += 96 * 512 + 512 * 512 + 512 * 10  # FC1 is 1x1 at 1x1
   assert aot.forward_macs(kw, config.data.crop_size) == want
+
+
+def test_point_key_tells_slices_apart():
+  """A multislice point is not the single-slice point of the same topology
+  (the sweep's cache would otherwise hand one for the other)."""
+  config = _sweep_config()
+  one = aot.point_key(config, "v5e:4x4", 256)
+  assert one == aot.point_key(config, "v5litepod-16", 256, num_slices=1)
+  assert aot.point_key(config, "v5e:4x4", 256, num_slices=2) != one

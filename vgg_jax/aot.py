@@ -588,15 +588,17 @@ def summary(r: dict) -> str:
 # Sweep: the largest global batch that fits (bisection, cached per point).
 
 
-def point_key(config, topology: str, batch: int) -> str:
-  return (f"{config.model.name}_{pods.canonical_topology(topology)}_"
+def point_key(config, topology: str, batch: int, num_slices: int = 1,
+              **_) -> str:
+  slices = f"x{num_slices}slices" if num_slices > 1 else ""
+  return (f"{config.model.name}_{pods.canonical_topology(topology)}{slices}_"
           f"{config.model.dtype}_fc{int(bool(config.shard_fc_kernels))}"
           f"m{config.mesh_model_axis}_b{batch}").replace(":", "-")
 
 
 def compile_point(config, topology: str, batch: int, cache_dir, **kw) -> dict:
   """``analyze`` at global batch ``batch``, cached as one JSON per point."""
-  path = pathlib.Path(cache_dir) / (point_key(config, topology, batch) +
+  path = pathlib.Path(cache_dir) / (point_key(config, topology, batch, **kw) +
                                     ".json")
   if path.is_file():
     return json.loads(path.read_text())
@@ -645,7 +647,7 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
   import subprocess
   import tempfile
   cache_dir = pathlib.Path(cache_dir)
-  key = point_key(config, topology, batch)
+  key = point_key(config, topology, batch, **kw)
   full = cache_dir / (key + ".json")
   probe = cache_dir / "probes" / (key + ".json")
   for path in (full, probe):
@@ -706,7 +708,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     m = r["memory_per_chip"]
     peak = ("refused by XLA's compiler" if m.get("refused_by_compiler")
             else f"peak {_gib(m['peak_bytes'])}")
-    log(f"  {point_key(config, topology, x * shards)}: {peak} of "
+    log(f"  {point_key(config, topology, x * shards, **kw)}: {peak} of "
         f"{_gib(m['hbm_bytes'])} -> {'fits' if m['fits'] else 'does not fit'}")
     return m["fits"]
 
@@ -719,7 +721,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     else:
       ok = probe_point(config, topology, x * shards, cache_dir,
                        probe_s=probe_s, **kw)
-      log(f"  {point_key(config, topology, x * shards)}: probe "
+      log(f"  {point_key(config, topology, x * shards, **kw)}: probe "
           f"{'passed' if ok else 'refused'}")
     (passed if ok else failed).add(x)
     return ok
@@ -731,7 +733,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
 
   # Resume: what the cache already knows about this cell (full compiles,
   # probes) brackets the search before anything is compiled.
-  prefix = point_key(config, topology, 0)[:-1]
+  prefix = point_key(config, topology, 0, **kw)[:-1]
   for path in sorted(pathlib.Path(cache_dir).glob(prefix + "*.json")) + \
       sorted(pathlib.Path(cache_dir, "probes").glob(prefix + "*.json")):
     batch = path.name[len(prefix):-len(".json")]
