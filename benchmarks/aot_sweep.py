@@ -105,14 +105,17 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
     groups.setdefault(key, []).append(r)
   rows = ["| net | pod (topology) | dtype | FC sharding | compiled global "
           "batches (fits / not) | largest that fits (per chip) | peak "
-          "GiB/chip there | roofline at that batch | status |",
+          "GiB/chip there, of the usable | roofline at that batch | status |",
           "|---|---|---|---|---|---|---|---|---|"]
   pod_names = {v: k for k, v in pods.SWEEP_TOPOLOGIES.items()}
   for key in sorted(groups):
     net, topo, dtype, fc, model = key
     pts = sorted(groups[key], key=lambda r: r["global_batch"])
-    fit = [r for r in pts if r["memory_per_chip"]["fits"]]
-    nofit = [r for r in pts if not r["memory_per_chip"]["fits"]]
+    # "fits" by the current chip table (pods.Chip.usable_hbm), not the flag
+    # stored when the point was compiled.
+    chip = pods.CHIPS[pts[0]["chip"]["generation"]]
+    fit = [r for r in pts if aot.point_fits(r["memory_per_chip"], chip)]
+    nofit = [r for r in pts if not aot.point_fits(r["memory_per_chip"], chip)]
     best = fit[-1] if fit else None
     fail = min((r["global_batch"] for r in nofit), default=None)
     shards = pts[0]["chips"] // model
@@ -124,21 +127,12 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
       status = "lower bound: unfinished"
     else:
       status = "nothing compiled fits"
-    if len(fit) >= 2 and not (best and fail and status.startswith("exact")):
-      # Memory is linear in the batch per chip: where the sweep stopped
-      # early, the line through the two largest fitting compiles says
-      # where the HBM runs out (an extrapolation, marked as such).
-      (ba, pa), (bb, pb) = [(r["batch_per_chip"],
-                             r["memory_per_chip"]["peak_bytes"])
-                            for r in fit[-2:]]
-      slope = (pb - pa) / (bb - ba)
-      est = int((fit[-1]["memory_per_chip"]["hbm_bytes"] - pb) / slope + bb)
-      status += f"; linear extrapolation: ~{est} per chip"
-    cells = ", ".join(f"{r['global_batch']}{'' if r['memory_per_chip']['fits'] else ' ✗'}"
-                      for r in pts)
+    cells = ", ".join(
+        f"{r['global_batch']}"
+        f"{'' if aot.point_fits(r['memory_per_chip'], chip) else ' ✗'}"
+        for r in pts)
     if best:
       m = best["memory_per_chip"]
-      chip = pods.Chip(**best["chip"])
       rf = aot.roofline(
           chip, flops=best["flops_per_chip"],
           hbm_bytes=m["argument_size_in_bytes"] + m["output_size_in_bytes"]
@@ -149,7 +143,8 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
       roof = (f"{rf['step_time_s'] * 1e3:.0f} ms, <= "
               f"{rf['images_per_s']:,.0f} img/s ({rf['bound_by']})")
       largest = f"{best['global_batch']} ({best['batch_per_chip']:g})"
-      peak = f"{m['peak_bytes'] / pods.GIB:.2f} of {m['hbm_bytes'] / pods.GIB:.0f}"
+      peak = (f"{m['peak_bytes'] / pods.GIB:.2f} of "
+              f"{chip.usable_hbm / pods.GIB:.2f}")
     else:
       roof = largest = peak = "-"
     rows.append(f"| {net} | {pod_names.get(topo, topo)} ({topo}) | {dtype} | "

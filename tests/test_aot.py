@@ -163,6 +163,11 @@ def test_refused_by_the_compiler_is_a_does_not_fit_report(tmp_path):
   assert m["refused_by_compiler"] and not m["fits"]
   # The compiler's HBM is the chip's less a reserve; it needs far more.
   assert 0.9 * m["hbm_bytes"] < m["compiler_available_bytes"] <= m["hbm_bytes"]
+  # The chip table's usable HBM (what `fits` compares a peak with) is what
+  # this libtpu's compiler says it may use.
+  assert m["compiler_available_bytes"] == pytest.approx(
+      pods.CHIPS["v5e"].usable_hbm, rel=1e-3)
+  assert m["usable_hbm_bytes"] == pods.CHIPS["v5e"].usable_hbm
   assert m["compiler_required_bytes"] > 4 * m["hbm_bytes"]
   # What is known without compiling is still reported: the batch alone.
   # float32 32x32 grey images and int32 labels
@@ -265,7 +270,8 @@ def test_sweep_bisection_finds_the_boundary(monkeypatch, tmp_path):
   """A fake compiler with a known, slightly convex memory curve: the sweep
   must return the largest fitting batch, found by brute force here."""
   import ml_collections
-  hbm = pods.CHIPS["v5e"].hbm_bytes
+  # The HBM a program may use (the chip's less the runtime's reserve).
+  hbm = pods.CHIPS["v5e"].usable_hbm
 
   def peak(global_batch):
     per_chip = global_batch // 16  # v5e:4x4, model axis 1
@@ -443,12 +449,12 @@ def test_sweep_and_table_take_refused_points(monkeypatch, tmp_path):
          "shard_fc_kernels": False, "mesh": {"data": 16, "model": 1},
          "global_batch": b, "batch_per_chip": per_chip, "chips": 16,
          "chip": dataclasses.asdict(chip)}
-    if peak(per_chip) > 1.2 * chip.hbm_bytes:
+    if peak(per_chip) > 1.2 * chip.usable_hbm:
       r["memory_per_chip"] = aot.compiler_refusal(REFUSAL, chip)
       return r
     m = {f: 0 for f in aot.MEMORY_FIELDS}
     m.update(temp_size_in_bytes=peak(per_chip), peak_bytes=peak(per_chip),
-             hbm_bytes=chip.hbm_bytes, fits=peak(per_chip) <= chip.hbm_bytes)
+             hbm_bytes=chip.hbm_bytes, fits=peak(per_chip) <= chip.hbm_bytes)  # stale: recomputed
     r.update(memory_per_chip=m, flops_per_chip=1e12,
              collectives_per_chip={})
     return r
@@ -459,7 +465,7 @@ def test_sweep_and_table_take_refused_points(monkeypatch, tmp_path):
       mesh_model_axis=1, batch_size=256))
   r = aot.sweep(config, "v4:2x2x4", tmp_path, step_per_chip=8,
                 start_per_chip=512, log=lambda s: None)
-  best = max(b for b in range(8, 8193, 8) if peak(b) <= chip.hbm_bytes)
+  best = max(b for b in range(8, 8193, 8) if peak(b) <= chip.usable_hbm)
   assert r["max_batch_per_chip"] == best
   assert r["first_failing_global_batch"] == 16 * (best + 8)
   cached = [json.loads(f.read_text()) for f in tmp_path.glob("*.json")]

@@ -412,7 +412,8 @@ def compiler_refusal(message: str, chip: pods.Chip) -> dict | None:
   if not _REFUSAL.search(message):
     return None
   out = {f: None for f in MEMORY_FIELDS}
-  out.update(peak_bytes=None, hbm_bytes=chip.hbm_bytes, fits=False,
+  out.update(peak_bytes=None, hbm_bytes=chip.hbm_bytes,
+             usable_hbm_bytes=chip.usable_hbm, fits=False,
              refused_by_compiler=True,
              compiler_message=message.strip().splitlines()[0][:500])
   m = _REFUSAL_SIZES.search(message)
@@ -422,6 +423,19 @@ def compiler_refusal(message: str, chip: pods.Chip) -> dict | None:
         compiler_required_bytes=int(float(m["need"]) * _UNIT[m["nu"]]),
         compiler_available_bytes=int(float(m["have"]) * _UNIT[m["hu"]]))
   return out
+
+
+def point_fits(memory: dict, chip: pods.Chip) -> bool:
+  """A compiled step fits when XLA did not refuse it and its peak is within
+  the HBM a program may use on ``chip`` (``pods.Chip.usable_hbm``: the
+  chip's less the runtime's reserve).  The sweep recomputes it from a
+  cached report's peak, so a correction of the chip table reaches old
+  points too."""
+  if memory.get("refused_by_compiler"):
+    return False
+  if memory.get("peak_bytes") is None:
+    return bool(memory.get("fits"))
+  return memory["peak_bytes"] <= chip.usable_hbm
 
 
 def analyze(config, topology: str, *, num_slices: int = 1,
@@ -500,7 +514,8 @@ def analyze(config, topology: str, *, num_slices: int = 1,
                           memory["temp_size_in_bytes"] +
                           memory["generated_code_size_in_bytes"])
   memory["hbm_bytes"] = chip.hbm_bytes
-  memory["fits"] = memory["peak_bytes"] <= chip.hbm_bytes
+  memory["usable_hbm_bytes"] = chip.usable_hbm
+  memory["fits"] = point_fits(memory, chip)
   memory["refused_by_compiler"] = False
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -569,7 +584,8 @@ def summary(r: dict) -> str:
   lines = [
       head + f"; compiled in {r['compile_s']:.0f} s",
       "per chip: " + ", ".join(f"{k} {_gib(m[k])}" for k in MEMORY_FIELDS),
-      f"peak {_gib(m['peak_bytes'])} of {_gib(m['hbm_bytes'])} HBM: "
+      f"peak {_gib(m['peak_bytes'])} of the {_gib(m['usable_hbm_bytes'])} "
+      f"a program may use ({_gib(m['hbm_bytes'])} HBM): "
       + ("fits" if m["fits"] else "DOES NOT FIT"),
       f"FLOPs/step {r['flops_per_step']:.3e} (model count "
       f"{r['model_flops_per_step']:.3e})",
@@ -647,13 +663,14 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
   import subprocess
   import tempfile
   cache_dir = pathlib.Path(cache_dir)
+  chip = pods.parse_topology(topology)[0]
   key = point_key(config, topology, batch, **kw)
   full = cache_dir / (key + ".json")
   probe = cache_dir / "probes" / (key + ".json")
   for path in (full, probe):
     if path.is_file():
       r = json.loads(path.read_text())
-      return bool(r["memory_per_chip"]["fits"] if path == full
+      return bool(point_fits(r["memory_per_chip"], chip) if path == full
                   else r["passed"])
   with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
     pickle.dump((config, topology, batch, str(cache_dir), kw), f)
@@ -680,7 +697,7 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
   if not full.is_file():
     raise RuntimeError(f"probe of {key} failed (exit {proc.returncode}): "
                        f"{proc.stderr.read()[-3000:]}")
-  return bool(json.loads(full.read_text())["memory_per_chip"]["fits"])
+  return point_fits(json.loads(full.read_text())["memory_per_chip"], chip)
 
 
 def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
@@ -708,9 +725,10 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     m = r["memory_per_chip"]
     peak = ("refused by XLA's compiler" if m.get("refused_by_compiler")
             else f"peak {_gib(m['peak_bytes'])}")
+    fits = point_fits(m, chip)
     log(f"  {point_key(config, topology, x * shards, **kw)}: {peak} of "
-        f"{_gib(m['hbm_bytes'])} -> {'fits' if m['fits'] else 'does not fit'}")
-    return m["fits"]
+        f"{_gib(chip.usable_hbm)} -> {'fits' if fits else 'does not fit'}")
+    return fits
 
   def check(x: int) -> bool:
     if x in passed or x in failed:
@@ -745,7 +763,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
         passed.add(x)
     else:
       tried[x] = r
-      fits = r["memory_per_chip"]["fits"]
+      fits = point_fits(r["memory_per_chip"], chip)
       (passed if fits else failed).add(x)
       if not fits:
         passed.discard(x)
@@ -775,7 +793,8 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
         break
       check(mid)
       lo, hi = lo_hi()
-    if lo == 0 or lo in tried and tried[lo]["memory_per_chip"]["fits"]:
+    if lo == 0 or lo in tried and point_fits(tried[lo]["memory_per_chip"],
+                                             chip):
       break
     if not full(lo):  # the probe passed; the full compile says no
       passed.discard(lo)

@@ -11,10 +11,18 @@ architecture pages, as published in 2025):
        1,200 GB/s HBM, ICI 2,400 Gbps per chip (6 links).
   v5e: https://cloud.google.com/tpu/docs/v5e  197 TFLOP/s bf16, 16 GiB HBM2,
        819 GB/s HBM, ICI 1,600 Gbps per chip.
-  v5p: https://cloud.google.com/tpu/docs/v5p  459 TFLOP/s bf16, 95 GB HBM2e,
-       2,765 GB/s HBM, ICI 4,800 Gbps per chip.
+  v5p: https://cloud.google.com/tpu/docs/v5p  459 TFLOP/s bf16, "95GB"
+       HBM2e, 2,765 GB/s HBM, ICI 4,800 Gbps per chip.  (The docs' GB are
+       loose: v5e's "16 GB" is 16 GiB; XLA lets a v5p program use 95.74 GiB,
+       so the chip holds 96 GiB.)
   v6e: https://cloud.google.com/tpu/docs/v6e  918 TFLOP/s bf16, 32 GB HBM,
        1,640 GB/s HBM, ICI 3,584 Gbps per chip.
+The HBM a program may use is less than the chip's: the runtime keeps some.
+``usable_hbm_bytes`` is what XLA's TPU compiler (libtpu 0.0.42) calls
+"available HBM" when it refuses a program that does not fit
+("RESOURCE_EXHAUSTED: ... exceeds available HBM (30.75G)"), read from its
+refusals here: 30.75 / 15.75 / 95.74 / 31.25 GiB for v4 / v5e / v5p / v6e.
+A step fits when its peak is within that (``vgg_jax.aot``).
 ICI is quoted in gigabits per second for all of a chip's links together;
 ``ici_bytes_per_s`` is that divided by 8.  f32 matrix products on TPU run
 on the same bf16 MXU (XLA's default precision: one bf16 pass), so the bf16
@@ -44,6 +52,12 @@ class Chip:
   # How gcloud names a slice of N chips (v4/v5p count TensorCores: 2/chip).
   accelerator_type_prefix: str
   source: str
+  # What XLA's TPU compiler says a program may use (None: all of it).
+  usable_hbm_bytes: int | None = None
+
+  @property
+  def usable_hbm(self) -> int:
+    return self.usable_hbm_bytes or self.hbm_bytes
 
   def accelerator_type(self, chips: int) -> str:
     return f"{self.accelerator_type_prefix}-{chips * self.cores_per_chip}"
@@ -51,15 +65,18 @@ class Chip:
 
 CHIPS = {
     "v4": Chip("v4", 275e12, 32 * GIB, 1200e9, 2400e9 / 8, 2, "v4",
-               "https://cloud.google.com/tpu/docs/v4"),
+               "https://cloud.google.com/tpu/docs/v4",
+               usable_hbm_bytes=int(30.75 * GIB)),
     "v5e": Chip("v5e", 197e12, 16 * GIB, 819e9, 1600e9 / 8, 1,
-                "v5litepod", "https://cloud.google.com/tpu/docs/v5e"),
-    # 95 GB as published (decimal gigabytes; the chip's usable HBM).
-    "v5p": Chip("v5p", 459e12, 95 * 10 ** 9, 2765e9, 4800e9 / 8, 2, "v5p",
-                "https://cloud.google.com/tpu/docs/v5p"),
+                "v5litepod", "https://cloud.google.com/tpu/docs/v5e",
+                usable_hbm_bytes=int(15.75 * GIB)),
+    "v5p": Chip("v5p", 459e12, 96 * GIB, 2765e9, 4800e9 / 8, 2, "v5p",
+                "https://cloud.google.com/tpu/docs/v5p",
+                usable_hbm_bytes=int(95.74 * GIB)),
     # 32 GB as published for v6e (Trillium).
     "v6e": Chip("v6e", 918e12, 32 * GIB, 1640e9, 3584e9 / 8, 1, "v6e",
-                "https://cloud.google.com/tpu/docs/v6e"),
+                "https://cloud.google.com/tpu/docs/v6e",
+                usable_hbm_bytes=int(31.25 * GIB)),
 }
 
 # Other spellings people use for the same generation.
