@@ -298,9 +298,9 @@ def test_sweep_bisection_finds_the_boundary(monkeypatch, tmp_path):
   assert len(calls) <= 10  # not a linear scan
 
 
-def _fake_compiler(monkeypatch, limit, wrong_probes=()):
+def _fake_compiler(monkeypatch, limit, wrong=()):
   """A compiler that fits up to ``limit`` per chip (v5e:4x4, 16 chips), and
-  a probe that agrees except at ``wrong_probes`` (it passes them, as a
+  a probe that agrees except at ``wrong`` (it passes them, as a
   probe whose compiler is slow to refuse would)."""
   hbm = pods.CHIPS["v5e"].hbm_bytes
   calls = {"full": [], "probe": []}
@@ -314,7 +314,7 @@ def _fake_compiler(monkeypatch, limit, wrong_probes=()):
 
   def fake_probe(config, topology, batch, cache_dir, *, probe_s, **kw):
     calls["probe"].append(batch // 16)
-    return batch // 16 <= limit or batch // 16 in wrong_probes
+    return batch // 16 <= limit or batch // 16 in wrong
 
   monkeypatch.setattr(aot, "compile_point", fake_compile)
   monkeypatch.setattr(aot, "probe_point", fake_probe)
@@ -346,6 +346,20 @@ def test_probe_sweep_compiles_only_its_answer(monkeypatch, tmp_path, limit,
   assert [x for x in calls["full"] if x <= limit] == [limit // 8 * 8]
   assert set(wrong) <= set(calls["full"])
   assert len(calls["probe"]) <= 16
+
+
+def test_sweep_stops_probing_when_the_compiler_does_not_refuse(
+    monkeypatch, tmp_path):
+  """On v5p XLA compiles batches far over the HBM without refusing (their
+  peak says no): every probe passes.  The first full compile that does not
+  fit switches the sweep to full compiles, bisected (not a step-by-step
+  descent), and the answer is still exact."""
+  calls = _fake_compiler(monkeypatch, 1536, wrong=range(1544, 2900, 8))
+  r = aot.sweep(_sweep_config(), "v5e:4x4", tmp_path, step_per_chip=8,
+                probe_s=30, log=lambda s: None)
+  assert r["max_batch_per_chip"] == 1536
+  assert r["first_failing_global_batch"] == 16 * 1544
+  assert len(calls["full"]) <= 12, calls
 
 
 def test_sweep_with_a_right_guess_is_two_compiles(monkeypatch, tmp_path):

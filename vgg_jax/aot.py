@@ -718,6 +718,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
   shards = chips // config.mesh_model_axis
   step = step_per_chip
   tried, passed, failed = {}, set(), set()
+  probing, wrong_passes = probe_s is not None, 0
 
   def full(x: int) -> bool:
     r = compile_point(config, topology, x * shards, cache_dir, **kw)
@@ -734,7 +735,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     if x in passed or x in failed:
       return x in passed
     hi = min(failed, default=None)
-    if probe_s is None or (hi is not None and x + step >= hi):
+    if not probing or (hi is not None and x + step >= hi):
       ok = full(x)  # a candidate answer: compile it for real
     else:
       ok = probe_point(config, topology, x * shards, cache_dir,
@@ -796,9 +797,18 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     if lo == 0 or lo in tried and point_fits(tried[lo]["memory_per_chip"],
                                              chip):
       break
-    if not full(lo):  # the probe passed; the full compile says no
-      passed.discard(lo)
+    if not full(lo):
+      # The probe passed; the full compile says no: XLA compiled it and its
+      # peak is over the HBM (seen on v5p, whose compiler does not refuse
+      # near the limit).  Once may be a slow refusal; twice, probes cannot
+      # see this cell's limit: bisect what remains with full compiles, from
+      # the largest verified fit (not a step-by-step descent).
       failed.add(lo)
+      wrong_passes += 1
+      if wrong_passes >= 2:
+        passed.intersection_update(
+            x for x in tried if point_fits(tried[x]["memory_per_chip"], chip))
+        probing = False
   lo, hi = lo_hi()
   best = tried.get(lo)
   return {"net": config.model.name, "topology": pods.canonical_topology(
