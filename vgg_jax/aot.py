@@ -564,7 +564,9 @@ def _gib(b: float) -> str:
 
 def summary(r: dict) -> str:
   m = r["memory_per_chip"]
-  head = (f"{r['model']['name']} {r['dtype']} on {r['topology']} "
+  slices = r.get("num_slices", 1)
+  head = (f"{r['model']['name']} {r['dtype']} on {r['topology']}"
+          f"{f' x {slices} slices' if slices > 1 else ''} "
           f"({r['chips']} chips, {r['device_kind']}), mesh {r['mesh']}, "
           f"global batch {r['global_batch']} ({r['batch_per_chip']:g}/chip), "
           f"FC sharding {'on' if r['shard_fc_kernels'] else 'off'}")
@@ -592,10 +594,10 @@ def summary(r: dict) -> str:
       "collectives per chip: " + (", ".join(
           f"{k} x{v['count']} {v['bytes'] / 2**20:.1f} MiB"
           for k, v in r["collectives_per_chip"].items()) or "none"),
-      f"roofline: >= {rf['step_time_s'] * 1e3:.1f} ms/step "
-      f"({rf['bound_by']}-bound; compute {rf['compute_s'] * 1e3:.1f}, "
-      f"HBM {rf['hbm_s'] * 1e3:.1f}, ICI {rf['ici_s'] * 1e3:.1f} ms) "
-      f"-> <= {rf['images_per_s']:.0f} img/s",
+      f"roofline: >= {rf['step_time_s'] * 1e3:.3g} ms/step "
+      f"({rf['bound_by']}-bound; compute {rf['compute_s'] * 1e3:.3g}, "
+      f"HBM {rf['hbm_s'] * 1e3:.3g}, ICI {rf['ici_s'] * 1e3:.3g} ms) "
+      f"-> <= {rf['images_per_s']:,.0f} img/s",
   ]
   return "\n".join(lines)
 
