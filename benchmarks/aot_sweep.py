@@ -10,7 +10,11 @@ x FC sharding off/on (``shard_fc_kernels`` on a model axis of
 ``--model_axis`` chips) x float32/bfloat16, the most useful first (D and E,
 bf16).  The table goes to ``--output`` after every point, so an interrupted
 sweep keeps what it finished and a rerun skips every compiled point.
-Compiles take minutes each on a 2-core machine.
+A compile that fits takes minutes on a 2-core machine, a refusal seconds:
+the bisection probes (``--probe_s``) and compiles only its answer in full,
+starting from the answer of a finished cell on chips with the same HBM
+(``neighbour_guess``), so a cell whose guess is right costs one refusal and
+one full compile.
 """
 
 from __future__ import annotations
