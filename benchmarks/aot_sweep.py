@@ -129,8 +129,10 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
       status = f"between {best['global_batch']} and {fail}: unfinished"
     elif best:
       status = "lower bound: unfinished"
+    elif fail:
+      status = f"unfinished: {fail} does not fit, nothing smaller compiled"
     else:
-      status = "nothing compiled fits"
+      status = "nothing compiled"
     cells = ", ".join(
         f"{r['global_batch']}"
         f"{'' if aot.point_fits(r['memory_per_chip'], chip) else ' ✗'}"
