@@ -396,29 +396,25 @@ def test_sweep_resumes_from_the_cache(monkeypatch, tmp_path):
 
 
 @needs_libtpu
-def test_probe_point_refusal_and_pass(tmp_path):
+def test_probe_point_refusal_and_pass(tmp_path, monkeypatch):
   """The real probe: a batch XLA refuses comes back as a cached full point
   (refused); one that compiles longer than ``probe_s`` (0 here) is stopped
   and recorded as passed under probes/, never as a full point."""
   config = aot.load_experiment(CONFIG)
-  env = os.environ.copy()
-  try:
-    for k in list(os.environ):
-      if k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS")):
-        del os.environ[k]
-    assert not aot.probe_point(config, "v5e:2x2", 2097152, tmp_path,
-                               probe_s=120)
-    full = json.loads((tmp_path / (aot.point_key(
-        config, "v5e:2x2", 2097152) + ".json")).read_text())
-    assert full["memory_per_chip"]["refused_by_compiler"]
-    assert aot.probe_point(config, "v5e:2x2", 128, tmp_path, probe_s=0)
-    key = aot.point_key(config, "v5e:2x2", 128)
-    assert not (tmp_path / (key + ".json")).exists()
-    assert json.loads((tmp_path / "probes" / (key + ".json")).read_text())[
-        "passed"]
-  finally:
-    os.environ.clear()
-    os.environ.update(env)
+  for k in list(os.environ):  # the child's environment, as run_aot's
+    if k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS",
+                     "JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")):
+      monkeypatch.delenv(k)
+  assert not aot.probe_point(config, "v5e:2x2", 2097152, tmp_path,
+                             probe_s=120)
+  full = json.loads((tmp_path / (aot.point_key(
+      config, "v5e:2x2", 2097152) + ".json")).read_text())
+  assert full["memory_per_chip"]["refused_by_compiler"]
+  assert aot.probe_point(config, "v5e:2x2", 128, tmp_path, probe_s=0)
+  key = aot.point_key(config, "v5e:2x2", 128)
+  assert not (tmp_path / (key + ".json")).exists()
+  assert json.loads((tmp_path / "probes" / (key + ".json")).read_text())[
+      "passed"]
 
 
 REFUSAL = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of "

@@ -135,7 +135,7 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
     desc = topologies.get_topology_desc(topology_name=name, platform="tpu",
                                         **kwargs)
   except (jax.errors.JaxRuntimeError, RuntimeError, ValueError) as e:
-    shapes = pods.SHAPES_3D if chip.cores_per_chip > 1 else pods.SHAPES_2D
+    shapes = pods.slice_shapes(chip)
     raise ValueError(
         f"libtpu cannot build the TPU topology {name!r}"
         f"{f' x {num_slices} slices' if num_slices > 1 else ''}: "
@@ -433,7 +433,7 @@ def point_fits(memory: dict, chip: pods.Chip) -> bool:
   points too."""
   if memory.get("refused_by_compiler"):
     return False
-  if memory.get("peak_bytes") is None:
+  if memory.get("peak_bytes") is None:  # a report without a peak: its own
     return bool(memory.get("fits"))
   return memory["peak_bytes"] <= chip.usable_hbm
 
@@ -677,8 +677,11 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
   with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
     pickle.dump((config, topology, batch, str(cache_dir), kw), f)
   t0 = time.perf_counter()
+  # stderr to a file: libtpu's logging into a pipe read only at the end
+  # could fill it and stop the child before it says "compiling".
+  err = tempfile.TemporaryFile(mode="w+")
   proc = subprocess.Popen([sys.executable, "-c", _PROBE_CHILD, f.name],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=err,
                           text=True, start_new_session=True)
   try:
     line = proc.stdout.readline()  # "compiling", or "" if it failed first
@@ -696,9 +699,12 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
       os.killpg(proc.pid, 9)
       proc.wait()
     os.unlink(f.name)
+    err.seek(0)
+    err_text = err.read()[-3000:]
+    err.close()
   if not full.is_file():
     raise RuntimeError(f"probe of {key} failed (exit {proc.returncode}): "
-                       f"{proc.stderr.read()[-3000:]}")
+                       f"{err_text}")
   return point_fits(json.loads(full.read_text())["memory_per_chip"], chip)
 
 
@@ -766,10 +772,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
         passed.add(x)
     else:
       tried[x] = r
-      fits = point_fits(r["memory_per_chip"], chip)
-      (passed if fits else failed).add(x)
-      if not fits:
-        passed.discard(x)
+      (passed if point_fits(r["memory_per_chip"], chip) else failed).add(x)
 
   rnd = lambda x: max(step, int(x) // step * step)  # noqa: E731
   x = min(max_per_chip, rnd(guess_per_chip or start_per_chip))

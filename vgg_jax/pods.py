@@ -136,10 +136,15 @@ def parse_accelerator_type(name: str) -> tuple[Chip, int]:
   return chip, n // chip.cores_per_chip
 
 
+def slice_shapes(chip: Chip) -> dict[int, str]:
+  """Chip count -> slice shape, for ``chip``'s generation (2D or 3D torus)."""
+  return SHAPES_3D if chip.cores_per_chip > 1 else SHAPES_2D
+
+
 def accelerator_topology(name: str) -> str:
   """The topology of an accelerator type: ``"v5litepod-64"`` -> ``"v5e:8x8"``."""
   chip, chips = parse_accelerator_type(name)
-  shapes = SHAPES_3D if chip.cores_per_chip > 1 else SHAPES_2D
+  shapes = slice_shapes(chip)
   if chips not in shapes:
     raise ValueError(
         f"{name} is {chips} chips, not a {chip.generation} slice size Cloud "
