@@ -190,15 +190,19 @@ def main(argv=None):
     print(cost_table(mfu=args.mfu))
     return
   out = pathlib.Path(args.output)
-  table = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-  done = {(r["net"], r["pod"], r["shard_fc_kernels"], r["dtype"])
-          for r in table["rows"]}
+
+  def load_table():
+    # Read again before every cell: sweeps of other cells may run beside
+    # this one (one per core), and each must keep the others' rows.
+    return json.loads(out.read_text()) if out.is_file() else {"rows": []}
+
   for net, pod, fc, dtype in points(args.nets.split(","),
                                     args.topologies.split(","),
                                     args.dtypes.split(","),
                                     args.fc.split(",")):
     key = (net, pod, fc == "on", dtype)
-    if key in done:
+    if key in {(r["net"], r["pod"], r["shard_fc_kernels"], r["dtype"])
+               for r in load_table()["rows"]}:
       continue
     config = load_config(net)
     with config.unlocked():
@@ -206,7 +210,7 @@ def main(argv=None):
       config.shard_fc_kernels = fc == "on"
       config.mesh_model_axis = args.model_axis if fc == "on" else 1
     t0 = time.time()
-    guess = neighbour_guess(table["rows"], pod, fc == "on", dtype)
+    guess = neighbour_guess(load_table()["rows"], pod, fc == "on", dtype)
     print(f"{net} {pod} fc={fc} {dtype}"
           f"{f' (first guess {guess}/chip)' if guess else ''}", flush=True)
     r = aot.sweep(config, pod, args.cache_dir,
@@ -219,6 +223,7 @@ def main(argv=None):
                  "peak_bytes"),
              roofline_at_max=at.get("roofline"),
              flops_per_step_at_max=at.get("flops_per_step"))
+    table = load_table()
     table["rows"].append(r)
     table["command"] = "python benchmarks/aot_sweep.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
