@@ -15,8 +15,10 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -415,6 +417,26 @@ def test_probe_point_refusal_and_pass(tmp_path, monkeypatch):
   assert not (tmp_path / (key + ".json")).exists()
   assert json.loads((tmp_path / "probes" / (key + ".json")).read_text())[
       "passed"]
+
+
+@pytest.mark.parametrize("child, says", [
+    ("import time; time.sleep(60)", "not compiling 1 s after starting"),
+    ("import sys; sys.exit('lowering failed: no such mesh')",
+     "exit 1): lowering failed: no such mesh"),
+])
+def test_probe_point_that_never_compiles_is_an_error(tmp_path, monkeypatch,
+                                                     child, says):
+  """A probe child stuck before compiling (it never says so) is stopped
+  after the setup limit, and one that dies first reports its error: neither
+  counts as a pass, and nothing is cached."""
+  monkeypatch.setattr(aot, "_PROBE_CHILD", child)
+  monkeypatch.setattr(aot, "_PROBE_SETUP_S", 1.0)
+  t0 = time.perf_counter()
+  with pytest.raises(RuntimeError, match=re.escape(says)):
+    aot.probe_point(aot.load_experiment(CONFIG), "v5e:2x2", 128, tmp_path,
+                    probe_s=0)
+  assert time.perf_counter() - t0 < 30
+  assert not list(tmp_path.rglob("*.json"))
 
 
 REFUSAL = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of "

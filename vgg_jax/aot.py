@@ -635,6 +635,10 @@ def compile_point(config, topology: str, batch: int, cache_dir, **kw) -> dict:
 # cheap, not a certain, "fits".  The sweep bisects with probes and
 # compiles only its answer in full; the answer counts when that compile
 # fits and one step more was refused or did not fit (both certain).
+# A probe child prints "compiling" once it has lowered the step: seconds to
+# a couple of minutes on a 2-core machine.  One that has not by then is stuck.
+_PROBE_SETUP_S = 600.0
+
 _PROBE_CHILD = (
     "import os, pickle, sys, threading, time\n"
     "def _orphaned(ppid=os.getppid()):  # the sweep stopped: stop too\n"
@@ -662,6 +666,7 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
   passed (not a full point: the table never shows it).
   """
   import pickle
+  import select
   import subprocess
   import tempfile
   cache_dir = pathlib.Path(cache_dir)
@@ -684,16 +689,25 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
                           stdout=subprocess.PIPE, stderr=err,
                           text=True, start_new_session=True)
   try:
-    line = proc.stdout.readline()  # "compiling", or "" if it failed first
+    # "compiling" once lowered, or "" if it failed first; a child stuck
+    # before that (lowering, libtpu start) is stopped and reported below.
+    ready, _, _ = select.select([proc.stdout], [], [], _PROBE_SETUP_S)
+    line = proc.stdout.readline() if ready else ""
     t_compile = time.perf_counter()
-    try:
-      proc.wait(timeout=probe_s if line.strip() == "compiling" else 600)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, 9)
-      proc.wait()
-      write_json(probe, {"passed": True, "probe_s": probe_s,
-                         "setup_s": t_compile - t0, "key": key})
-      return True
+    if line.strip() == "compiling":
+      try:
+        proc.wait(timeout=probe_s)
+      except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        write_json(probe, {"passed": True, "probe_s": probe_s,
+                           "setup_s": t_compile - t0, "key": key})
+        return True
+    elif ready:  # it failed before compiling: let it finish its traceback
+      try:
+        proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        pass
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, 9)
@@ -703,8 +717,9 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
     err_text = err.read()[-3000:]
     err.close()
   if not full.is_file():
-    raise RuntimeError(f"probe of {key} failed (exit {proc.returncode}): "
-                       f"{err_text}")
+    why = (f"exit {proc.returncode}" if ready else
+           f"stopped: not compiling {_PROBE_SETUP_S:g} s after starting")
+    raise RuntimeError(f"probe of {key} failed ({why}): {err_text}")
   return point_fits(json.loads(full.read_text())["memory_per_chip"], chip)
 
 
