@@ -170,7 +170,7 @@ class Pod:
       aot = [sys.executable, "-m", "vgg_jax.aot", "--config", self.a.config,
              "--topology", self.topology, *self.a.overrides]
       r = self.r.run(aot, check=False)
-      if r.returncode == 3:  # vgg_jax.aot.EXIT_DOES_NOT_FIT
+      if r.returncode == pods.EXIT_DOES_NOT_FIT:
         failures.append(
             f"the training step does not fit {self.topology}'s HBM (the AOT "
             "check above says by how much): lower batch_size, use "

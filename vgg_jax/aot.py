@@ -90,8 +90,9 @@ MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes",
 
 
 # Exit status of the single-point command when the step compiles (or XLA
-# refuses it) but does not fit the chip's HBM; 2 is a usage error.
-EXIT_DOES_NOT_FIT = 3
+# refuses it) but does not fit the chip's HBM; 2 is a usage error.  Kept in
+# pods (no jax) so the pod launcher reads the same number.
+EXIT_DOES_NOT_FIT = pods.EXIT_DOES_NOT_FIT
 
 
 class LibtpuMissingError(RuntimeError):

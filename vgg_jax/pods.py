@@ -40,6 +40,10 @@ import sys
 
 GIB = 2 ** 30
 
+# ``python -m vgg_jax.aot``'s exit status when the step does not fit the
+# chip's HBM (2 is a usage error); launch/tpu_pod.py's preflight reads it.
+EXIT_DOES_NOT_FIT = 3
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
