@@ -92,21 +92,46 @@ def cost_table(epochs: float = 74.0, mfu: float = 0.4,
   return "\n".join(rows)
 
 
-def cache_table(cache_dir, step_per_chip: int = 8) -> str:
-  """Markdown: every (net, pod, dtype, FC sharding) with compiled points.
-
-  From the per-point cache alone, so an unfinished sweep shows what it has:
-  the largest batch compiled that fits, the smallest that does not, and
-  whether they are one step apart (the answer) or still a bracket.  The
-  roofline is recomputed from each point's stored numbers with the current
-  ``aot.roofline``.
-  """
+def cached_cells(cache_dir) -> dict:
+  """The cache's full compiles, grouped by cell: (net, topology, dtype, FC
+  sharding, model axis) -> points sorted by global batch."""
   groups = {}
   for f in sorted(pathlib.Path(cache_dir).glob("*.json")):
     r = json.loads(f.read_text())
     key = (r["model"]["name"], r["topology"], r["dtype"],
            r["shard_fc_kernels"], r["mesh"]["model"])
     groups.setdefault(key, []).append(r)
+  return {k: sorted(v, key=lambda r: r["global_batch"])
+          for k, v in groups.items()}
+
+
+def other_cells_answers(cache_dir, generation: str, dtype: str) -> list:
+  """Per chip, the largest batch that fits in each cached cell on chips of
+  ``generation`` in ``dtype``: ``aot.sweep``'s candidates above its own
+  bisection, since XLA's peak is not monotone in the batch (v5p)."""
+  chip = pods.CHIPS[generation]
+  out = set()
+  for pts in cached_cells(cache_dir).values():
+    if pts[0]["chip"]["generation"] != generation or pts[0]["dtype"] != dtype:
+      continue
+    fit = [r for r in pts if aot.point_fits(r["memory_per_chip"], chip)]
+    if fit:
+      out.add(int(fit[-1]["batch_per_chip"]))
+  return sorted(out)
+
+
+def cache_table(cache_dir, step_per_chip: int = 8) -> str:
+  """Markdown: every (net, pod, dtype, FC sharding) with compiled points.
+
+  From the per-point cache alone, so an unfinished sweep shows what it has:
+  the largest batch compiled that fits, the smallest above it that does
+  not, and whether they are one step apart (the answer) or still a bracket;
+  failures below the answer (XLA's peak is not monotone in the batch) are
+  named in the status.  The
+  roofline is recomputed from each point's stored numbers with the current
+  ``aot.roofline``.
+  """
+  groups = cached_cells(cache_dir)
   rows = ["| net | pod (topology) | dtype | FC sharding | compiled global "
           "batches (fits / not) | largest that fits (per chip) | peak "
           "GiB/chip there, of the usable | roofline at that batch | status |",
@@ -114,14 +139,18 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
   pod_names = {v: k for k, v in pods.SWEEP_TOPOLOGIES.items()}
   for key in sorted(groups):
     net, topo, dtype, fc, model = key
-    pts = sorted(groups[key], key=lambda r: r["global_batch"])
+    pts = groups[key]
     # "fits" by the current chip table (pods.Chip.usable_hbm), not the flag
     # stored when the point was compiled.
     chip = pods.CHIPS[pts[0]["chip"]["generation"]]
     fit = [r for r in pts if aot.point_fits(r["memory_per_chip"], chip)]
     nofit = [r for r in pts if not aot.point_fits(r["memory_per_chip"], chip)]
     best = fit[-1] if fit else None
-    fail = min((r["global_batch"] for r in nofit), default=None)
+    fail = min((r["global_batch"] for r in nofit
+                if not best or r["global_batch"] > best["global_batch"]),
+               default=None)
+    below = [r["global_batch"] for r in nofit
+             if best and r["global_batch"] < best["global_batch"]]
     shards = pts[0]["chips"] // model
     if best and fail and fail - best["global_batch"] <= step_per_chip * shards:
       status = "exact (next step does not fit)"
@@ -133,6 +162,10 @@ def cache_table(cache_dir, step_per_chip: int = 8) -> str:
       status = f"unfinished: {fail} does not fit, nothing smaller compiled"
     else:
       status = "nothing compiled"
+    if below:
+      status += (f"; {len(below)} smaller batch{'es' if len(below) > 1 else ''}"
+                 f" do{'' if len(below) > 1 else 'es'} not fit (the peak is "
+                 "not monotone)")
     cells = ", ".join(
         f"{r['global_batch']}"
         f"{'' if aot.point_fits(r['memory_per_chip'], chip) else ' ✗'}"
@@ -211,10 +244,13 @@ def main(argv=None):
       config.mesh_model_axis = args.model_axis if fc == "on" else 1
     t0 = time.time()
     guess = neighbour_guess(load_table()["rows"], pod, fc == "on", dtype)
+    generation = pods.parse_topology(pod)[0].generation
     print(f"{net} {pod} fc={fc} {dtype}"
           f"{f' (first guess {guess}/chip)' if guess else ''}", flush=True)
     r = aot.sweep(config, pod, args.cache_dir,
                   step_per_chip=args.step_per_chip, guess_per_chip=guess,
+                  candidates_per_chip=other_cells_answers(
+                      args.cache_dir, generation, dtype),
                   probe_s=args.probe_s or None,
                   log=lambda s: print(s, flush=True))
     at = r.pop("at_max") or {}

@@ -379,6 +379,46 @@ def test_sweep_with_a_right_guess_is_two_compiles(monkeypatch, tmp_path):
   assert [x for x in calls["full"] if x <= 200] == [200]
 
 
+@pytest.mark.parametrize("probe_s", [None, 30])
+def test_sweep_climbs_to_another_cells_answer_over_a_non_monotone_gap(
+    monkeypatch, tmp_path, probe_s):
+  """v5p's compiler fits D in f32 at 872 per chip, not at 880..1400, and
+  again at 1,408 (XLA's peak is not monotone in the batch).  Bisection alone
+  stops at 872; another cell's answer above it is compiled in full, and the
+  search moves there.  A candidate that does not fit changes nothing."""
+  fits = lambda x: x <= 872 or x == 1408  # noqa: E731
+  hbm = pods.CHIPS["v5e"].hbm_bytes
+  calls = {"full": [], "probe": []}
+
+  def fake_compile(config, topology, batch, cache_dir, **kw):
+    calls["full"].append(batch // 16)
+    return {"memory_per_chip": {
+        "peak_bytes": hbm // 2 if fits(batch // 16) else 2 * hbm,
+        "hbm_bytes": hbm, "fits": fits(batch // 16)}}
+
+  def fake_probe(config, topology, batch, cache_dir, *, probe_s, **kw):
+    calls["probe"].append(batch // 16)
+    return True  # v5p: the compiler never refuses, every probe passes
+
+  monkeypatch.setattr(aot, "compile_point", fake_compile)
+  monkeypatch.setattr(aot, "probe_point", fake_probe)
+  run = lambda c, d: aot.sweep(  # noqa: E731
+      _sweep_config(), "v5e:4x4", d, step_per_chip=8, probe_s=probe_s,
+      guess_per_chip=872, candidates_per_chip=c, log=lambda s: None)
+  r = run((), tmp_path / "alone")
+  assert (r["max_batch_per_chip"], r["failing_below_max"]) == (872, [])
+  assert r["first_failing_global_batch"] == 16 * 880
+  r = run((1000, 1408, 2000), tmp_path / "helped")
+  assert r["max_batch_per_chip"] == 1408
+  assert r["first_failing_global_batch"] == 16 * 1416
+  assert 16 * 880 in r["failing_below_max"]
+  assert r["at_max"]["memory_per_chip"]["fits"]
+  # Largest candidate first; 1000 lies under the new answer: not compiled.
+  assert 1000 not in calls["full"] and 2000 in calls["full"]
+  r = run((1000,), tmp_path / "wrong")
+  assert r["max_batch_per_chip"] == 872
+
+
 def test_sweep_resumes_from_the_cache(monkeypatch, tmp_path):
   """Points already in the cache (full compiles, probes) bracket the
   search: a resumed sweep compiles only inside the bracket."""

@@ -727,8 +727,8 @@ def probe_point(config, topology: str, batch: int, cache_dir, *,
 def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
           start_per_chip: int = 64, max_per_chip: int = 8192,
           guess_per_chip: int | None = None, probe_s: float | None = None,
-          log=print, **kw) -> dict:
-  """Largest global batch (a multiple of the data shards) that fits.
+          candidates_per_chip=(), log=print, **kw) -> dict:
+  """Largest global batch (a multiple of the data shards) known to fit.
 
   Per chip, in multiples of ``step_per_chip``: from ``guess_per_chip``
   (checked with one step more first) or ``start_per_chip``, doubles or
@@ -736,13 +736,31 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
   the bracketing uses ``probe_point``, and a candidate one step below a
   known failure is compiled in full; the result holds when the largest
   fitting batch is a full compile and one step more does not fit.
+
+  The peak need not grow with the batch: XLA schedules and rematerialises
+  against the HBM, and v5p's compiler turns some batches into a peak over
+  the HBM where a larger batch stays under it (D in f32 on v5p-128: 872 per
+  chip fits, 880 does not, 1,408 does).  So after the bisection every
+  ``candidates_per_chip`` above its answer (other cells' answers on the
+  same chip and dtype) is compiled in full, largest first; one that fits
+  moves the search there (one step more is checked, then doubling and
+  bisection as before).  Above a failure only full compiles count.  The
+  answer is then the largest batch known to fit with one step more not
+  fitting; a larger one may still fit between failures, which only a
+  compile of every step could rule out.  ``failing_below_max`` lists the
+  failures under the answer.
   """
   chip, dims = pods.parse_topology(topology)
   chips = math.prod(dims) * kw.get("num_slices", 1)
   shards = chips // config.mesh_model_axis
   step = step_per_chip
-  tried, passed, failed = {}, set(), set()
+  rnd = lambda x: max(step, int(x) // step * step)  # noqa: E731
+  tried, passed, failed, verified = {}, set(), set(), set()
   probing, wrong_passes = probe_s is not None, 0
+  # Batches whose next step is checked before doubling from them.
+  anchors = {rnd(guess_per_chip)} if guess_per_chip else set()
+  candidates = {rnd(c) for c in candidates_per_chip if c}
+  candidates_done = set()
 
   def full(x: int) -> bool:
     r = compile_point(config, topology, x * shards, cache_dir, **kw)
@@ -751,16 +769,23 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     peak = ("refused by XLA's compiler" if m.get("refused_by_compiler")
             else f"peak {_gib(m['peak_bytes'])}")
     fits = point_fits(m, chip)
+    if fits:
+      verified.add(x)
     log(f"  {point_key(config, topology, x * shards, **kw)}: {peak} of "
         f"{_gib(chip.usable_hbm)} -> {'fits' if fits else 'does not fit'}")
     return fits
 
+  def counted(x: int) -> bool:  # a pass lo_hi takes: see there
+    return x in verified or x < min(failed, default=math.inf)
+
   def check(x: int) -> bool:
-    if x in passed or x in failed:
-      return x in passed
+    if x in failed:
+      return False
+    if x in passed and counted(x):
+      return True
     hi = min(failed, default=None)
     if not probing or (hi is not None and x + step >= hi):
-      ok = full(x)  # a candidate answer: compile it for real
+      ok = full(x)  # a candidate answer, or above a failure: for real
     else:
       ok = probe_point(config, topology, x * shards, cache_dir,
                        probe_s=probe_s, **kw)
@@ -770,8 +795,10 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     return ok
 
   def lo_hi():
-    hi = min(failed, default=None)
-    lo = max((x for x in passed if hi is None or x < hi), default=0)
+    # The largest pass that counts (a full compile that fits, or a probe
+    # below every failure), and the first failure above it.
+    lo = max((x for x in passed - failed if counted(x)), default=0)
+    hi = min((x for x in failed if x > lo), default=None)
     return lo, hi
 
   # Resume: what the cache already knows about this cell (full compiles,
@@ -788,9 +815,11 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
         passed.add(x)
     else:
       tried[x] = r
-      (passed if point_fits(r["memory_per_chip"], chip) else failed).add(x)
+      fits = point_fits(r["memory_per_chip"], chip)
+      (passed if fits else failed).add(x)
+      if fits:
+        verified.add(x)
 
-  rnd = lambda x: max(step, int(x) // step * step)  # noqa: E731
   x = min(max_per_chip, rnd(guess_per_chip or start_per_chip))
   lo, hi = lo_hi()
   if guess_per_chip and lo < x < (hi or math.inf):
@@ -799,37 +828,40 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
     check(x)
   elif not passed and not failed:
     check(x)
-  while True:  # bracket: double up or halve down
+  while True:
     lo, hi = lo_hi()
-    if hi is None and lo < max_per_chip:
-      check(min(max_per_chip, rnd(2 * lo)))
-    elif hi is not None and lo == 0 and hi > step:
+    if hi is None and lo < max_per_chip:  # bracket upwards
+      if lo in anchors and lo + step not in failed:
+        check(lo + step)
+      else:
+        check(min(max_per_chip, rnd(2 * lo)))
+    elif hi is not None and lo == 0 and hi > step:  # bracket downwards
       check(rnd(hi // 2))
-    else:
-      break
-  while True:  # bisect, then make the answer certain
-    lo, hi = lo_hi()
-    while hi is not None and hi - lo > step:
-      mid = rnd((lo + hi) // 2)
-      if mid <= lo or mid >= hi:
+    elif hi is not None and hi - lo > step:  # bisect
+      check(rnd((lo + hi) // 2))
+    elif lo and lo not in verified:  # the answer, compiled in full
+      if not full(lo):
+        # The probe passed; the full compile says no: XLA compiled it and
+        # its peak is over the HBM (seen on v5p, whose compiler does not
+        # refuse near the limit).  Once may be a slow refusal; twice,
+        # probes cannot see this cell's limit: bisect what remains with
+        # full compiles, from the largest verified fit (not a step-by-step
+        # descent).
+        failed.add(lo)
+        wrong_passes += 1
+        if wrong_passes >= 2:
+          passed.intersection_update(verified)
+          probing = False
+    else:  # a larger batch another cell fits?
+      up = [c for c in candidates - candidates_done
+            if lo < c <= max_per_chip and c not in failed]
+      if not up:
         break
-      check(mid)
-      lo, hi = lo_hi()
-    if lo == 0 or lo in tried and point_fits(tried[lo]["memory_per_chip"],
-                                             chip):
-      break
-    if not full(lo):
-      # The probe passed; the full compile says no: XLA compiled it and its
-      # peak is over the HBM (seen on v5p, whose compiler does not refuse
-      # near the limit).  Once may be a slow refusal; twice, probes cannot
-      # see this cell's limit: bisect what remains with full compiles, from
-      # the largest verified fit (not a step-by-step descent).
-      failed.add(lo)
-      wrong_passes += 1
-      if wrong_passes >= 2:
-        passed.intersection_update(
-            x for x in tried if point_fits(tried[x]["memory_per_chip"], chip))
-        probing = False
+      c = max(up)
+      candidates_done.add(c)
+      anchors.add(c)
+      log(f"  {c}/chip fits in another cell: compiling it")
+      (passed if full(c) else failed).add(c)
   lo, hi = lo_hi()
   best = tried.get(lo)
   return {"net": config.model.name, "topology": pods.canonical_topology(
@@ -838,6 +870,7 @@ def sweep(config, topology: str, cache_dir, *, step_per_chip: int = 8,
       "mesh_model_axis": int(config.mesh_model_axis),
       "max_global_batch": lo * shards, "max_batch_per_chip": lo,
       "first_failing_global_batch": hi * shards if hi else None,
+      "failing_below_max": sorted(x * shards for x in failed if x < lo),
       "step_per_chip": step_per_chip, "at_max": best,
       "points": sorted(k * shards for k in passed | failed)}
 
