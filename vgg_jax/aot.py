@@ -909,6 +909,10 @@ def main(argv=None):
                      "full.")
   flags.DEFINE_integer("guess_per_chip", None, "Sweep: a first guess (e.g. "
                        "a neighbouring net's answer).")
+  flags.DEFINE_list("candidates_per_chip", [], "Sweep: batches per chip "
+                    "other cells fit (e.g. 1408,3072), compiled in full "
+                    "after the bisection when above its answer (XLA's peak "
+                    "is not monotone in the batch on v5p).")
   flags.mark_flags_as_required(["config", "topology"])
 
   def run(_):
@@ -921,7 +925,10 @@ def main(argv=None):
         result = sweep(config, flags_.topology, flags_.cache_dir,
                        step_per_chip=flags_.step_per_chip,
                        probe_s=flags_.probe_s or None,
-                       guess_per_chip=flags_.guess_per_chip, **kw)
+                       guess_per_chip=flags_.guess_per_chip,
+                       candidates_per_chip=[
+                           int(c) for c in flags_.candidates_per_chip],
+                       **kw)
         print(f"largest global batch that fits: "
               f"{result['max_global_batch']} "
               f"({result['max_batch_per_chip']}/chip; "
